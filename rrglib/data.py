@@ -1,0 +1,451 @@
+"""Manifests, image loading and batching: the only data path that training reads.
+
+A manifest is `manifest.csv`, one row per study, with image paths relative to its folder
+(the dataset root). It is validated in full before any training starts, so a bad dataset
+fails in seconds with a message that names the file, the rows and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from rrglib.config import CHEXPERT_OBSERVATIONS
+
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "id",
+    "split",
+    "image_path",
+    "findings",
+    "impression",
+    "report",
+)
+SPLITS: tuple[str, ...] = ("train", "validate", "test")
+# Further views of a study go in columns whose names start with this prefix (may be blank).
+EXTRA_VIEW_PREFIX = "image_path_"
+LABEL_VALUES: tuple[float, ...] = (1.0, 0.0, -1.0)
+MANIFEST_NAME = "manifest.csv"
+META_NAME = "manifest.meta.json"
+# Text columns are read as strings so that ids such as "00012" or "1e5" survive the CSV.
+_TEXT_COLUMNS = ("id", "split", "image_path", "findings", "impression", "report")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be trained on; the message says which file, rows and fix."""
+
+
+class ImageLoadError(OSError):
+    """An image file that exists but cannot be decoded."""
+
+
+# -- manifests ---------------------------------------------------------------------------
+
+
+def _rows(ids: Sequence[Any], limit: int = 5) -> str:
+    ids = [str(i) for i in ids]
+    more = f" (+{len(ids) - limit} more)" if len(ids) > limit else ""
+    return ", ".join(ids[:limit]) + more
+
+
+def view_columns(df: pd.DataFrame) -> list[str]:
+    """The image path columns of a manifest: `image_path` first, then extra views."""
+    return ["image_path"] + sorted(c for c in df.columns if c.startswith(EXTRA_VIEW_PREFIX))
+
+
+def validate_manifest(
+    df: pd.DataFrame, root: str | Path, source: str = "<manifest>", check_images: bool = True
+) -> pd.DataFrame:
+    """Check a manifest table and return it with labels as floats; raise ManifestError."""
+    root = Path(root).resolve()
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(
+            f"{source}: missing column(s) {', '.join(missing)}; a manifest needs "
+            f"{', '.join(REQUIRED_COLUMNS)} (plus optional label columns). "
+            "Rebuild it with one of the data_prep builders."
+        )
+    df = df.copy()
+    for col in _TEXT_COLUMNS:
+        df[col] = df[col].fillna("").astype(str)
+
+    ids = df["id"].str.strip()
+    if (ids == "").any():
+        rows = [int(i) + 2 for i in np.flatnonzero(ids == "")]  # +2: header line, 1-based
+        raise ManifestError(
+            f"{source}: empty id on line(s) {_rows(rows)}; every study needs an id."
+        )
+    dup = ids[ids.duplicated(keep=False)]
+    if len(dup):
+        raise ManifestError(
+            f"{source}: duplicate id(s) {_rows(sorted(set(dup)))}; ids must be unique "
+            "(one row per study; put further views in image_path_* columns)."
+        )
+
+    bad_split = ~df["split"].isin(SPLITS)
+    if bad_split.any():
+        found = sorted(set(df.loc[bad_split, "split"]))
+        raise ManifestError(
+            f"{source}: unknown split value(s) {found!r} for id(s) "
+            f"{_rows(df.loc[bad_split, 'id'])}; use one of {', '.join(SPLITS)} "
+            "('val'/'valid' must be written 'validate')."
+        )
+
+    empty = df["report"].str.strip() == ""
+    if empty.any():
+        raise ManifestError(
+            f"{source}: empty target text in column 'report' for id(s) "
+            f"{_rows(df.loc[empty, 'id'])}; drop these studies or fill their report."
+        )
+
+    for col in view_columns(df):
+        paths = df[col].fillna("").astype(str).str.strip()
+        if col == "image_path" and (paths == "").any():
+            raise ManifestError(
+                f"{source}: empty image_path for id(s) {_rows(df.loc[paths == '', 'id'])}."
+            )
+        escaping, absent = [], []
+        for sid, rel in zip(df["id"], paths, strict=True):
+            if not rel:
+                continue
+            full = (root / rel).resolve()
+            if Path(rel).is_absolute() or not full.is_relative_to(root):
+                escaping.append(f"{sid} ({rel})")
+            elif check_images and not full.is_file():
+                absent.append(f"{sid} ({rel})")
+        if escaping:
+            raise ManifestError(
+                f"{source}: column {col} has path(s) outside the dataset root {root}: "
+                f"{_rows(escaping)}; image paths must be relative to the manifest's folder "
+                "and stay inside it (move or link the images under it)."
+            )
+        if absent:
+            raise ManifestError(
+                f"{source}: column {col} names {len(absent)} image(s) that do not exist under "
+                f"{root}: {_rows(absent)}; check that the images were extracted there, or "
+                "rebuild the manifest."
+            )
+
+    for col in [c for c in CHEXPERT_OBSERVATIONS if c in df.columns]:
+        values = pd.to_numeric(df[col], errors="coerce")
+        raw = df[col]
+        not_number = values.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+        bad = not_number | (values.notna() & ~values.isin(LABEL_VALUES))
+        if bad.any():
+            shown = [f"{sid}={v!r}" for sid, v in zip(df.loc[bad, "id"], raw[bad], strict=True)]
+            raise ManifestError(
+                f"{source}: label column {col!r} has value(s) other than 1, 0, -1 or blank: "
+                f"{_rows(shown)}; write positive 1, negative 0, uncertain -1, not mentioned blank."
+            )
+        df[col] = values.astype(float)
+    return df
+
+
+def load_manifest(path: str | Path, check_images: bool = True) -> pd.DataFrame:
+    """Read and validate `manifest.csv` (or a folder holding one); raises ManifestError."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"manifest {path} does not exist; build one first, e.g. "
+            "`python -m data_prep.demo --out data/demo`."
+        )
+    try:
+        df = pd.read_csv(
+            path,
+            dtype={c: str for c in _TEXT_COLUMNS},
+            keep_default_na=False,
+            na_values={c: [""] for c in CHEXPERT_OBSERVATIONS},
+        )
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ManifestError(f"{path}: not a readable CSV ({err}).") from err
+    df = validate_manifest(df, path.parent, source=str(path), check_images=check_images)
+    df.attrs["root"] = str(path.parent.resolve())
+    df.attrs["source"] = str(path)
+    return df
+
+
+def write_manifest(
+    df: pd.DataFrame, out_dir: str | Path, meta: dict[str, Any] | None = None
+) -> Path:
+    """Write `manifest.csv` (+ `manifest.meta.json`) into out_dir; returns the CSV path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    front = [c for c in REQUIRED_COLUMNS if c in df.columns]
+    rest = [c for c in df.columns if c not in front and c not in CHEXPERT_OBSERVATIONS]
+    labels = [c for c in CHEXPERT_OBSERVATIONS if c in df.columns]
+    df = df[front + rest + labels].copy()
+    for col in labels:  # 1/0/-1/blank, not 1.0/0.0
+        df[col] = df[col].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    path = out_dir / MANIFEST_NAME
+    df.to_csv(path, index=False)
+    if meta is not None:
+        meta = dict(meta)
+        meta.setdefault("counts", {})
+        meta["counts"].setdefault("studies", int(len(df)))
+        if "split" in df.columns:
+            meta["counts"].setdefault("split", {s: int((df["split"] == s).sum()) for s in SPLITS})
+        (out_dir / META_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return path
+
+
+def attach_labels(
+    df: pd.DataFrame,
+    text_columns: Sequence[str] = ("findings", "impression"),
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Add the 14 label columns from our rule-based labeler run on the given text columns."""
+    if not overwrite and all(c in df.columns for c in CHEXPERT_OBSERVATIONS):
+        return df
+    from rrglib.labeler import label_reports  # imported late: only builders need it
+
+    texts = df[list(text_columns)].fillna("").astype(str).agg(" ".join, axis=1).str.strip()
+    labels = label_reports(list(texts))
+    df = df.copy()
+    for col in CHEXPERT_OBSERVATIONS:
+        df[col] = labels[col].to_numpy(dtype=float)
+    return df
+
+
+# -- images ------------------------------------------------------------------------------
+
+
+def _scale_real_range(arr: np.ndarray) -> np.ndarray:
+    """Map an image to [0, 1] by its own min and max (12-bit data in 16-bit containers)."""
+    arr = arr.astype(np.float32)
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi <= lo:
+        return np.zeros_like(arr)
+    return (arr - lo) / (hi - lo)
+
+
+def _read_dicom(path: Path) -> np.ndarray:
+    try:
+        import pydicom
+    except ImportError as err:
+        raise ImportError(
+            f"{path} is DICOM; install pydicom (`pip install pydicom` or the `dicom` extra)."
+        ) from err
+    ds = pydicom.dcmread(str(path))
+    arr = ds.pixel_array.astype(np.float32)
+    if arr.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
+        arr = arr[0]  # multi-frame: first frame
+    arr = arr * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
+        getattr(ds, "RescaleIntercept", 0) or 0
+    )
+    arr = _scale_real_range(arr)
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        arr = 1.0 - arr  # MONOCHROME1 stores bone dark; we want bone bright
+    return arr
+
+
+def _is_dicom(path: Path) -> bool:
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def read_image_array(path: str | Path) -> np.ndarray:
+    """Decode an image to float32 in [0, 1], shape (H, W) for grayscale or (H, W, 3)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        if _is_dicom(path):
+            return _read_dicom(path)
+        with Image.open(path) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)  # phone/scanner JPEGs may carry a rotation
+            mode = img.mode
+            if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+                return _scale_real_range(np.asarray(img))
+            if mode in ("L", "LA", "1"):
+                return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+            # RGBA: the alpha channel of a radiograph carries no image content; drop it.
+            rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+            if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(
+                rgb[..., 1], rgb[..., 2]
+            ):
+                return rgb[..., 0]
+            return rgb
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        if isinstance(err, FileNotFoundError):
+            raise
+        raise ImageLoadError(
+            f"cannot decode image {path}: {err}; the file is corrupt or not an image "
+            "(re-extract or re-download it)."
+        ) from err
+    except Exception as err:  # pydicom raises its own types for broken files
+        raise ImageLoadError(f"cannot decode image {path}: {err}") from err
+
+
+def to_tensor(
+    arr: np.ndarray,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    rng: np.random.Generator | None = None,
+) -> torch.Tensor:
+    """Resize the shorter side, center crop, replicate gray to 3 channels and normalise.
+
+    With `rng`, a mild random scale/shift/rotation and exposure jitter is applied. No
+    horizontal flip: it would swap the patient's left and right that the report names.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    h, w = t.shape[-2:]
+    target = image_size * (float(rng.uniform(1.0, 1.1)) if rng is not None else 1.0)
+    scale = target / min(h, w)
+    nh, nw = max(image_size, round(h * scale)), max(image_size, round(w * scale))
+    t = F.interpolate(t[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[
+        0
+    ]
+    if rng is not None:
+        top = int(rng.integers(0, nh - image_size + 1))
+        left = int(rng.integers(0, nw - image_size + 1))
+    else:
+        top, left = (nh - image_size) // 2, (nw - image_size) // 2
+    t = t[:, top : top + image_size, left : left + image_size]
+    if rng is not None:
+        from torchvision.transforms.functional import rotate
+
+        t = rotate(t, float(rng.uniform(-5, 5)), fill=[float(t.min())] * t.shape[0])
+        t = (
+            (t - t.mean()) * float(rng.uniform(0.9, 1.1))
+            + t.mean()
+            + float(rng.uniform(-0.05, 0.05))
+        )
+        t = t.clamp(0.0, 1.0)
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return ((t - m) / s).contiguous()
+
+
+def load_image(
+    path: str | Path, image_size: int, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """One image file -> normalised float tensor (3, image_size, image_size)."""
+    return to_tensor(read_image_array(path), image_size, mean, std)
+
+
+# -- dataset and batching ----------------------------------------------------------------
+
+
+class ReportDataset(Dataset):
+    """Studies of one split: dict(id, image (3, S, S), report, labels (14,) with NaN)."""
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame | str | Path,
+        split: str | None,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        root: str | Path | None = None,
+        label_columns: Sequence[str] = CHEXPERT_OBSERVATIONS,
+        augment: bool = False,
+        seed: int = 0,
+        max_samples: int | None = None,
+    ) -> None:
+        if not isinstance(manifest, pd.DataFrame):
+            manifest = load_manifest(manifest)
+        if split is not None and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+        root = root if root is not None else manifest.attrs.get("root")
+        if root is None:
+            raise ValueError(
+                "root is needed when the manifest DataFrame was not read by load_manifest"
+            )
+        self.root = Path(root)
+        df = manifest if split is None else manifest[manifest["split"] == split]
+        if max_samples is not None:
+            df = df.iloc[:max_samples]
+        self.df = df.reset_index(drop=True)
+        self.split, self.image_size = split, image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.label_columns = tuple(label_columns)
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        cols = [c for c in self.label_columns if c in self.df.columns]
+        labels = np.full((len(self.df), len(self.label_columns)), np.nan, dtype=np.float32)
+        for j, col in enumerate(self.label_columns):
+            if col in cols:
+                labels[:, j] = pd.to_numeric(self.df[col], errors="coerce").to_numpy(np.float32)
+        self.labels = torch.from_numpy(labels)
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Vary augmentation per epoch while keeping it reproducible."""
+        self.epoch = epoch
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        row = self.df.iloc[idx]
+        rng = np.random.default_rng([self.seed, self.epoch, idx]) if self.augment else None
+        image = to_tensor(
+            read_image_array(self.root / row["image_path"]),
+            self.image_size,
+            self.mean,
+            self.std,
+            rng=rng,
+        )
+        return {
+            "id": str(row["id"]),
+            "image": image,
+            "report": str(row["report"]),
+            "labels": self.labels[idx],
+        }
+
+
+class ReportCollator:
+    """Stack images and labels; tokenize the reports with the model's tokenize function."""
+
+    def __init__(self, tokenize_fn: Callable[[list[str]], dict[str, torch.Tensor]] | None) -> None:
+        self.tokenize_fn = tokenize_fn
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        reports = [it["report"] for it in items]
+        batch: dict[str, Any] = {
+            "ids": [it["id"] for it in items],
+            "reports": reports,
+            "images": torch.stack([it["image"] for it in items]),
+            "labels": torch.stack([it["labels"] for it in items]).float(),
+        }
+        if self.tokenize_fn is not None:
+            tok = self.tokenize_fn(reports)
+            batch["report_input_ids"] = tok["input_ids"]
+            batch["report_attention_mask"] = tok["attention_mask"]
+        return batch
+
+
+def split_counts(df: pd.DataFrame) -> dict[str, int]:
+    """Number of studies per split (all three keys present)."""
+    return {s: int((df["split"] == s).sum()) for s in SPLITS}
+
+
+def seeded_split(
+    keys: Sequence[str], seed: int, fractions: Sequence[float] = (0.7, 0.1, 0.2)
+) -> list[str]:
+    """Assign each key to train/validate/test by a seeded shuffle (stable for a given seed)."""
+    keys = list(keys)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    n_train = math.floor(fractions[0] * len(keys) + 0.5)
+    n_val = math.floor(fractions[1] * len(keys) + 0.5)
+    out = [""] * len(keys)
+    for rank, i in enumerate(order):
+        out[i] = "train" if rank < n_train else "validate" if rank < n_train + n_val else "test"
+    return out

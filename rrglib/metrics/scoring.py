@@ -1,0 +1,212 @@
+"""One entry point for all metrics, bootstrap 95% intervals and paired tests between systems.
+
+Every metric is a function of sums over studies of per-study statistics (BLEU clipped n-gram
+counts and lengths, ROUGE-L, CIDEr-D and METEOR per pair, clinical tp/fp/fn per observation).
+A bootstrap resample is a vector of study weights (how often each study was drawn), so all
+resamples are one matrix product; Java never runs again.
+
+Where a resampled statistic deviates from recomputing the metric on the resampled corpus:
+- CIDEr-D: document frequencies (and the log reference-set size) stay those of the full test
+  set; each pair's CIDEr-D is held fixed and resamples average them.
+- METEOR: resamples average the per-pair METEOR scores, rescaled by (corpus METEOR / mean per-pair
+  METEOR) so that the full sample gives the corpus score exactly; METEOR 1.5's corpus score pools
+  its chunk and match statistics, which the per-pair scores do not expose.
+- BLEU, ROUGE-L and the clinical scores are recomputed exactly from the resampled sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.metrics.clinical import CONVENTIONS, ce_from_counts, clinical_efficacy, confusion_counts
+from rrglib.metrics.nlg import NLG_KEYS, bleu_from_sums, nlg_pair_stats
+
+_K = len(CHEXPERT_OBSERVATIONS)
+
+
+@dataclass
+class StudyStats:
+    """Per-study sufficient statistics of one system on one test set (keep it for paired tests)."""
+
+    ids: list[Any]
+    columns: list[str]  # names of the columns of `values`
+    values: np.ndarray  # (n_studies, n_columns)
+    meteor_scale: float = 1.0  # corpus METEOR / mean per-pair METEOR
+    tag: str = "RB"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    def _block(self, prefix: str) -> slice:
+        idx = [i for i, c in enumerate(self.columns) if c.startswith(prefix)]
+        return slice(idx[0], idx[-1] + 1)
+
+    def metrics_from_sums(self, sums: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
+        """All metrics from column sums (..., n_columns) over `counts` drawn studies."""
+        out: dict[str, np.ndarray] = {}
+        bleu = bleu_from_sums(sums[..., self._block("bleu_")])
+        for k in range(4):
+            out[f"BLEU-{k + 1}"] = bleu[..., k]
+        out["METEOR"] = sums[..., self.columns.index("meteor")] / counts * self.meteor_scale
+        out["ROUGE-L"] = sums[..., self.columns.index("rouge")] / counts
+        out["CIDEr"] = sums[..., self.columns.index("cider")] / counts
+        for suffix in CONVENTIONS:
+            parts = {k: sums[..., self._block(f"{k}{suffix}|")] for k in ("tp", "fp", "fn")}
+            out.update(ce_from_counts(**parts, tag=self.tag, suffix=suffix))
+        return out
+
+    def point(self) -> dict[str, float]:
+        sums = self.values.sum(0)
+        return {k: float(v) for k, v in self.metrics_from_sums(sums, np.float64(self.n)).items()}
+
+
+def build_study_stats(
+    references: list[str],
+    hypotheses: list[str],
+    ids: list[Any] | None = None,
+    labeler: Any = None,
+    backend: str = "auto",
+) -> tuple[StudyStats, dict[str, float], dict[str, Any]]:
+    """Score once: (per-study stats, exact corpus scores, extras: labels and per-observation table)."""
+    from rrglib.labeler import get_labeler
+
+    ids = list(range(len(references))) if ids is None else list(ids)
+    if len(ids) != len(references):
+        raise ValueError(f"{len(ids)} ids for {len(references)} reports")
+    if labeler is None or isinstance(labeler, str):
+        labeler = get_labeler(labeler)
+    tag = getattr(labeler, "tag", "RB")
+
+    nlg, pairs = nlg_pair_stats(list(references), list(hypotheses), backend)
+    ref_labels = labeler.label_reports(references, index=ids)
+    gen_labels = labeler.label_reports(hypotheses, index=ids)
+    ce, table = clinical_efficacy(ref_labels, gen_labels, tag=tag)
+    counts = confusion_counts(ref_labels, gen_labels)
+
+    from rrglib.metrics.nlg import BLEU_COLUMNS
+
+    columns = [*BLEU_COLUMNS, "rouge", "cider", "meteor"]
+    blocks = [
+        pairs["bleu"],
+        pairs["rouge"][:, None],
+        pairs["cider"][:, None],
+        pairs["meteor"][:, None],
+    ]
+    for suffix in CONVENTIONS:
+        for kind in ("tp", "fp", "fn"):
+            columns += [f"{kind}{suffix}|{o}" for o in CHEXPERT_OBSERVATIONS]
+            blocks.append(counts[kind + suffix])
+    mean_meteor = float(np.mean(pairs["meteor"]))
+    scale = nlg["METEOR"] / mean_meteor if np.isfinite(mean_meteor) and mean_meteor > 0 else 1.0
+    stats = StudyStats(ids, columns, np.hstack(blocks), meteor_scale=scale, tag=tag)
+    extras = {
+        "labels": {"reference": ref_labels, "generated": gen_labels},
+        "per_observation": table,
+    }
+    return stats, {**nlg, **ce}, extras
+
+
+def _bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_boot, n) counts of how often each study is drawn in each resample."""
+    draws = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
+    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
+
+
+def bootstrap_ci(
+    stats: StudyStats, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap interval over studies for every metric."""
+    rng = np.random.default_rng(seed)
+    weights = _bootstrap_weights(stats.n, n_boot, rng)
+    boot = stats.metrics_from_sums(weights @ stats.values, np.float64(stats.n))
+    alpha = (1 - level) / 2
+    return {
+        k: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) for k, v in boot.items()
+    }
+
+
+def score_reports(
+    references: list[str],
+    hypotheses: list[str],
+    ids: list[Any] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    labeler: Any = None,
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """All metrics with bootstrap 95% intervals.
+
+    Returns {"metrics": {name: value}, "ci": {name: (low, high)}, "per_observation": DataFrame,
+    "labels": {"reference": df, "generated": df}, "stats": StudyStats (for paired_test),
+    "n": number of studies}. NLG values are pycocoevalcap's corpus scores; names in NLG_KEYS and
+    rrglib.metrics.clinical's docstring.
+    """
+    stats, scores, extras = build_study_stats(references, hypotheses, ids, labeler, backend)
+    ci = bootstrap_ci(stats, n_boot, seed) if n_boot > 0 else {}
+    return {"metrics": scores, "ci": ci, "stats": stats, "n": stats.n, **extras}
+
+
+def paired_test(
+    stats_a: StudyStats,
+    stats_b: StudyStats,
+    metric: str,
+    n_resamples: int = 10000,
+    seed: int = 0,
+    method: str = "permutation",
+) -> float:
+    """Two-sided p-value that systems A and B score `metric` equally on the same studies.
+
+    "permutation" (approximate randomisation): swap A's and B's outputs per study at random.
+    "bootstrap": resample studies and count how often the centred difference is as extreme.
+    """
+    if list(stats_a.ids) != list(stats_b.ids) or stats_a.columns != stats_b.columns:
+        raise ValueError(
+            "paired_test needs both systems scored on the same studies in the same order"
+        )
+    if metric not in stats_a.point():
+        raise KeyError(f"unknown metric {metric!r}; choose one of {sorted(stats_a.point())}")
+    rng = np.random.default_rng(seed)
+    a, b, n = stats_a.values, stats_b.values, np.float64(stats_a.n)
+
+    def delta(sum_a: np.ndarray, sum_b: np.ndarray) -> np.ndarray:
+        ma = stats_a.metrics_from_sums(sum_a, n)[metric]
+        mb = stats_b.metrics_from_sums(sum_b, n)[metric]
+        return ma - mb
+
+    observed = float(delta(a.sum(0), b.sum(0)))
+    if method == "permutation":
+        swap = rng.integers(0, 2, size=(n_resamples, stats_a.n)).astype(float)
+        keep = 1.0 - swap
+        deltas = delta(keep @ a + swap @ b, swap @ a + keep @ b)
+        extreme = np.abs(deltas) >= abs(observed) - 1e-12
+    elif method == "bootstrap":
+        weights = _bootstrap_weights(stats_a.n, n_resamples, rng)
+        deltas = delta(weights @ a, weights @ b)
+        extreme = np.abs(deltas - observed) >= abs(observed) - 1e-12
+    else:
+        raise ValueError(f"method must be permutation or bootstrap, got {method!r}")
+    return float((extreme.sum() + 1) / (n_resamples + 1))
+
+
+def results_table(result: dict[str, Any]) -> pd.DataFrame:
+    """score_reports output as a table: value, CI low, CI high per metric."""
+    rows = {k: (v, *result["ci"].get(k, (np.nan, np.nan))) for k, v in result["metrics"].items()}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["value", "ci_low", "ci_high"])
+
+
+__all__ = [
+    "NLG_KEYS",
+    "StudyStats",
+    "bootstrap_ci",
+    "build_study_stats",
+    "paired_test",
+    "results_table",
+    "score_reports",
+]

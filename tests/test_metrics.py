@@ -1,0 +1,224 @@
+"""NLG and clinical-efficacy metrics on hand-worked examples; bootstrap and paired tests."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.labeler import read_iu_xray_reports
+from rrglib.metrics import (
+    NLG_KEYS,
+    build_study_stats,
+    clinical_efficacy,
+    java_available,
+    load_evaluate_module,
+    nlg_pair_stats,
+    nlg_scores,
+    paired_test,
+    score_reports,
+)
+
+PAIRS = [
+    ("The heart size is normal.", "The heart is normal."),
+    ("No pleural effusion or pneumothorax.", "No pneumothorax or pleural effusion."),
+    ("Small left pleural effusion.", "Large right pleural effusion."),
+    ("Cardiomegaly with pulmonary edema.", "The lungs are clear."),
+    ("Pacemaker in place. No acute process.", "Pacemaker in place. No acute process."),
+    ("Possible pneumonia in the right lower lobe.", "Right lower lobe pneumonia."),
+]
+REFS = [r for r, _ in PAIRS]
+HYPS = [h for _, h in PAIRS]
+
+
+def python_backend(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(*args, **kwargs, backend="python")
+
+
+# --- NLG ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "python",
+        pytest.param("java", marks=pytest.mark.skipif(not java_available(), reason="no java")),
+    ],
+)
+def test_bleu_rouge_by_hand(backend: str) -> None:
+    # ref "the heart size is normal" (5 tokens), hyp "the heart is normal" (4 tokens)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        scores = nlg_scores([PAIRS[0][0]], [PAIRS[0][1]], backend=backend)
+    brevity = math.exp(1 - 5 / 4)
+    assert scores["BLEU-1"] == pytest.approx(1.0 * brevity, abs=1e-6)  # 4/4 unigrams match
+    assert scores["BLEU-2"] == pytest.approx(
+        math.sqrt(1.0 * 2 / 3) * brevity, abs=1e-6
+    )  # 2/3 bigrams
+    # ROUGE-L: LCS 4, P = 4/4, R = 4/5, beta 1.2
+    assert scores["ROUGE-L"] == pytest.approx((1 + 1.44) * 1.0 * 0.8 / (0.8 + 1.44 * 1.0), abs=1e-9)
+    assert list(scores) == list(NLG_KEYS)
+
+
+@pytest.fixture(scope="module")
+def java_stats():
+    if not java_available():
+        pytest.skip("no java")
+    return nlg_pair_stats(REFS, HYPS, backend="java")
+
+
+def test_java_scores_and_pair_stats_agree(java_stats) -> None:
+    scores, pairs = java_stats
+    assert 0 < scores["METEOR"] < 1 and not np.isnan(pairs["meteor"]).any()
+    assert pairs["bleu"].shape == (len(PAIRS), 10)
+    # the identical pair scores perfectly on ROUGE-L and METEOR
+    assert pairs["rouge"][4] == pytest.approx(1.0)
+    assert pairs["meteor"][4] > 0.9
+
+
+def test_sufficient_statistics_reproduce_corpus_scores(java_stats) -> None:
+    stats, scores, _ = build_study_stats(
+        REFS, HYPS, backend="java" if java_available() else "python"
+    )
+    point = stats.point()
+    for key in NLG_KEYS:
+        assert point[key] == pytest.approx(scores[key], rel=1e-9, abs=1e-12), key
+
+
+def test_python_fallback_warns_and_has_no_meteor(monkeypatch) -> None:
+    monkeypatch.setenv("RRG_NO_JAVA", "1")
+    assert not java_available()
+    with pytest.warns(RuntimeWarning, match="METEOR is unavailable"):
+        scores = nlg_scores(REFS, HYPS)
+    assert math.isnan(scores["METEOR"])
+    assert all(0 <= scores[k] <= 1 for k in ("BLEU-1", "BLEU-4", "ROUGE-L"))
+    assert scores["CIDEr"] > 0
+
+
+def test_java_backend_required_but_missing(monkeypatch) -> None:
+    monkeypatch.setenv("RRG_NO_JAVA", "1")
+    with pytest.raises(RuntimeError, match="java"):
+        nlg_scores(REFS, HYPS, backend="java")
+
+
+# --- clinical efficacy -------------------------------------------------------------------------
+def _frame(rows: list[dict[str, float]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=list(CHEXPERT_OBSERVATIONS), dtype=float)
+
+
+REF_LABELS = _frame([
+    {"Cardiomegaly": 1, "Pleural Effusion": 1},
+    {"Pleural Effusion": -1},
+    {"No Finding": 1},
+    {"Atelectasis": 1},
+])  # fmt: skip
+GEN_LABELS = _frame([
+    {"Cardiomegaly": 1},
+    {"Pleural Effusion": 1, "Atelectasis": 1},
+    {"No Finding": 1},
+    {"Cardiomegaly": -1},
+])  # fmt: skip
+
+
+def test_clinical_efficacy_by_hand() -> None:
+    scores, table = clinical_efficacy(REF_LABELS, GEN_LABELS)
+    # uncertain = positive. CM tp1 fp1; EF tp1 fn1; AT fp1 fn1; NF tp1 -> TP 3, FP 2, FN 2
+    assert scores["P-RB-14-micro"] == pytest.approx(0.6)
+    assert scores["R-RB-14-micro"] == pytest.approx(0.6)
+    assert scores["F1-RB-14-micro"] == pytest.approx(0.6)
+    # per-observation P: CM 1/2, EF 1, AT 0, NF 1, ten others 0 (zero_division=0)
+    assert scores["P-RB-14-macro"] == pytest.approx(2.5 / 14)
+    assert scores["R-RB-14-macro"] == pytest.approx(2.5 / 14)
+    assert scores["F1-RB-14-macro"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 14)
+    # 5 observations: CM, EF, AT count -> TP 2, FP 2, FN 2
+    assert scores["F1-RB-5-micro"] == pytest.approx(0.5)
+    assert scores["P-RB-5-macro"] == pytest.approx((0.5 + 1.0) / 5)
+    assert scores["F1-RB-5-macro"] == pytest.approx((2 / 3 + 2 / 3) / 5)
+    # uncertain = 0: study 2's reference EF and study 4's generated CM become negative
+    # CM tp1; EF fp1 fn1; AT fp1 fn1; NF tp1 -> TP 2, FP 2, FN 2
+    assert scores["F1-RB-14-micro-u0"] == pytest.approx(0.5)
+    assert scores["P-RB-5-micro-u0"] == pytest.approx(1 / 3)
+    assert table.loc["Cardiomegaly", "precision"] == pytest.approx(0.5)
+    assert table.loc["Pleural Effusion", "recall"] == pytest.approx(0.5)
+    assert table.loc["Pneumothorax", "f1"] == 0.0
+    assert list(table.index) == list(CHEXPERT_OBSERVATIONS)
+
+
+def test_clinical_metric_names() -> None:
+    scores, _ = clinical_efficacy(REF_LABELS, GEN_LABELS)
+    expected = {
+        f"{m}-RB-{s}-{a}{u}"
+        for m in ("P", "R", "F1") for s in ("14", "5") for a in ("micro", "macro") for u in ("", "-u0")
+    }  # fmt: skip
+    assert set(scores) == expected
+
+
+# --- bootstrap and paired tests ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def iu_texts() -> list[str]:
+    reports = read_iu_xray_reports()
+    return [t for t in reports["report"] if t][:400]
+
+
+def test_ci_contains_point_and_narrows(iu_texts) -> None:
+    refs, hyps = iu_texts[:200], iu_texts[200:400]
+    small = python_backend(score_reports, refs[:50], hyps[:50], n_boot=300)
+    large = python_backend(score_reports, refs, hyps, n_boot=300)
+    for key in ("BLEU-4", "ROUGE-L", "CIDEr", "F1-RB-14-micro", "P-RB-5-macro"):
+        for result in (small, large):
+            low, high = result["ci"][key]
+            assert low <= result["metrics"][key] + 1e-12 <= high + 2e-12, key
+    for key in ("BLEU-1", "ROUGE-L", "F1-RB-14-micro"):
+        width = {
+            name: r["ci"][key][1] - r["ci"][key][0] for name, r in (("s", small), ("l", large))
+        }
+        assert width["l"] < width["s"], key
+
+
+def test_paired_test(iu_texts) -> None:
+    refs = iu_texts[:150]
+    worse = iu_texts[150:300]
+    good, *_ = python_backend(build_study_stats, refs, refs)  # a perfect system
+    bad, *_ = python_backend(build_study_stats, refs, worse)
+    for method in ("permutation", "bootstrap"):
+        for metric in ("BLEU-4", "F1-RB-14-micro", "CIDEr"):
+            assert paired_test(good, bad, metric, n_resamples=500, method=method) < 0.01
+        assert paired_test(bad, bad, "BLEU-4", n_resamples=500, method=method) > 0.5
+    with pytest.raises(KeyError):
+        paired_test(good, bad, "F1-CXB-14-micro")
+
+
+def test_score_reports_structure(iu_texts) -> None:
+    result = python_backend(
+        score_reports, iu_texts[:20], iu_texts[20:40], ids=list("abcdefghijklmnopqrst"), n_boot=50
+    )
+    assert set(NLG_KEYS) <= set(result["metrics"]) and set(result["metrics"]) == set(result["ci"])
+    assert result["stats"].ids[0] == "a" and result["n"] == 20
+    assert list(result["labels"]["reference"].index[:2]) == ["a", "b"]
+    assert result["per_observation"].shape[0] == 14
+
+
+# --- evaluate modules --------------------------------------------------------------------------
+def test_evaluate_modules_match_direct_functions(iu_texts) -> None:
+    refs, hyps = iu_texts[:30], iu_texts[30:60]
+    nlg = load_evaluate_module("rrg_nlg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        via_module = nlg.compute(predictions=hyps, references=refs, backend="python")
+        direct = nlg_scores(refs, hyps, backend="python")
+    for key in ("BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"):
+        assert via_module[key] == pytest.approx(direct[key])
+    clinical = load_evaluate_module("rrg_clinical")
+    from rrglib.labeler import label_reports
+
+    direct_ce, _ = clinical_efficacy(label_reports(refs), label_reports(hyps))
+    assert clinical.compute(predictions=hyps, references=refs) == pytest.approx(direct_ce)
+
+
+def test_unknown_evaluate_module() -> None:
+    with pytest.raises(FileNotFoundError, match="rrg_nlg"):
+        load_evaluate_module("bleu")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,8 @@ def validate_manifest(
         for sid, rel in zip(df["id"], paths, strict=True):
             if not rel:
                 continue
-            full = (root / rel).resolve()
+            # Lexical check, not resolve(): an images folder may be a symlink to elsewhere.
+            full = Path(os.path.normpath(root / rel))
             if Path(rel).is_absolute() or not full.is_relative_to(root):
                 escaping.append(f"{sid} ({rel})")
             elif check_images and not full.is_file():

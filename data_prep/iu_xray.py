@@ -1,0 +1,262 @@
+"""IU X-Ray (OpenI, Indiana University) -> manifest.
+
+    python -m data_prep.iu_xray --out data/iu_xray [--reports-tgz PATH] [--images DIR] [--download]
+
+Reports come from `NLMCXR_reports.tgz` (shipped inside the torchxrayvision wheel, or given by
+path); images from the official `NLMCXR_png` folder when present. Rules, stated once:
+- target text: FINDINGS; a report without FINDINGS uses its IMPRESSION instead
+  (`report_source` says which; `--findings-only` drops them); neither -> dropped, counted.
+- frontal view: the study's images with View Position PA, then AP, in torchxrayvision's
+  `nlmcxr_dicom_metadata.csv.gz`; images it marks lateral are never chosen; when it knows no
+  frontal view, the first `parentImage` of the XML (IU lists the frontal view first).
+- split: seeded 7:1:2 by study over all reports (stable whether or not images are present).
+- MeSH tags kept (`mesh_major`, `mesh_automatic`, ';'-joined); 14 labels from our labeler.
+Without images, only `iu_reports.csv` (a reports table, not a training manifest) is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import tarfile
+import urllib.request
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rrglib.data import attach_labels, seeded_split, split_counts, write_manifest
+
+OPENI_BASE = "https://openi.nlm.nih.gov/imgs/collections"
+ARCHIVES = ("NLMCXR_png.tgz", "NLMCXR_reports.tgz")
+FRONTAL = ("PA", "AP")
+LATERAL = ("LL", "RL", "LATERAL", "LARGE LATERAL")
+REPORTS_TABLE = "iu_reports.csv"
+
+
+def _torchxrayvision_data(name: str) -> Path | None:
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
+    return path if path.is_file() else None
+
+
+def default_reports_tgz() -> Path:
+    """`NLMCXR_reports.tgz` inside the installed torchxrayvision package."""
+    path = _torchxrayvision_data("NLMCXR_reports.tgz")
+    if path is None:
+        raise FileNotFoundError(
+            "NLMCXR_reports.tgz not found: install torchxrayvision==1.5.7 (it ships the file) "
+            "or pass --reports-tgz PATH (or --download)."
+        )
+    return path
+
+
+def _clean(text: str | None) -> str:
+    return re.sub(r"\s+", " ", text or "").strip()
+
+
+def parse_report_xml(data: bytes | str) -> dict[str, Any]:
+    """One OpenI XML report -> dict of its sections, MeSH tags and image ids."""
+    root = ET.fromstring(data)
+    sections = {
+        (el.get("Label") or "").upper(): _clean(el.text) for el in root.iter("AbstractText")
+    }
+    uid = root.find("uId")
+    return {
+        "id": uid.get("id") if uid is not None else "",
+        "comparison": sections.get("COMPARISON", ""),
+        "indication": sections.get("INDICATION", ""),
+        "findings": sections.get("FINDINGS", ""),
+        "impression": sections.get("IMPRESSION", ""),
+        "mesh_major": ";".join(_clean(e.text) for e in root.iter("major")),
+        "mesh_automatic": ";".join(_clean(e.text) for e in root.iter("automatic")),
+        "image_ids": ";".join(e.get("id", "") for e in root.iter("parentImage")),
+    }
+
+
+def parse_reports(tgz: str | Path) -> pd.DataFrame:
+    """All reports of an `NLMCXR_reports.tgz`, one row each, sorted by IU number."""
+    rows = []
+    with tarfile.open(tgz, "r:*") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".xml"):
+                rows.append(parse_report_xml(tar.extractfile(member).read()))
+    if not rows:
+        raise ValueError(f"{tgz}: no XML reports inside; is this NLMCXR_reports.tgz?")
+    df = pd.DataFrame(rows)
+    df["_n"] = df["id"].str.extract(r"(\d+)", expand=False).astype(int)
+    return df.sort_values("_n").drop(columns="_n").reset_index(drop=True)
+
+
+def load_view_positions(path: str | Path | None = None) -> dict[str, str]:
+    """imageid -> View Position from torchxrayvision's IU DICOM metadata (empty if absent)."""
+    path = Path(path) if path else _torchxrayvision_data("nlmcxr_dicom_metadata.csv.gz")
+    if path is None or not Path(path).is_file():
+        return {}
+    meta = pd.read_csv(path, usecols=["imageid", "View Position"], dtype=str).fillna("")
+    return dict(zip(meta["imageid"], meta["View Position"].str.upper().str.strip(), strict=True))
+
+
+def choose_frontal(image_ids: Iterable[str], views: dict[str, str]) -> tuple[str, str]:
+    """(image id, rule used) of the frontal view; ("", reason) when there is none."""
+    ids = [i for i in image_ids if i]
+    for wanted in FRONTAL:
+        for i in ids:
+            if views.get(i) == wanted:
+                return i, f"metadata {wanted}"
+    rest = [i for i in ids if views.get(i, "") not in LATERAL]
+    if rest:
+        return rest[0], "first listed"
+    return "", "no frontal image" if ids else "no image"
+
+
+def report_text(findings: str, impression: str, findings_only: bool) -> tuple[str, str]:
+    """(target text, its source) by the stated rule."""
+    if findings:
+        return findings, "findings"
+    if impression and not findings_only:
+        return impression, "impression"
+    return "", "none"
+
+
+def download(
+    out: Path, base_url: str = OPENI_BASE, names: Iterable[str] = ARCHIVES
+) -> dict[str, Path]:
+    """Fetch and unpack the official OpenI archives into out/raw; returns name -> path."""
+    raw = out / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    got = {}
+    for name in names:
+        target = raw / name
+        if not target.is_file():
+            url = f"{base_url.rstrip('/')}/{name}"
+            print(f"downloading {url}")
+            try:
+                urllib.request.urlretrieve(url, target.with_suffix(".part"))
+            except OSError as err:
+                raise OSError(
+                    f"could not download {url}: {err}; get it by hand and pass its path"
+                ) from err
+            target.with_suffix(".part").rename(target)
+        got[name] = target
+    png = got.get("NLMCXR_png.tgz")
+    if png is not None:
+        dest = raw / "NLMCXR_png"
+        if not dest.is_dir():
+            with tarfile.open(png, "r:*") as tar:
+                tar.extractall(dest, filter="data")
+        got["NLMCXR_png"] = dest
+    return got
+
+
+def build(
+    out: str | Path,
+    reports_tgz: str | Path | None = None,
+    images: str | Path | None = None,
+    seed: int = 42,
+    findings_only: bool = False,
+    labels: bool = True,
+    metadata_csv: str | Path | None = None,
+) -> pd.DataFrame:
+    """Write the reports table (and, with images, manifest.csv + meta); returns the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tgz = Path(reports_tgz) if reports_tgz else default_reports_tgz()
+    df = parse_reports(tgz)
+    df["split"] = seeded_split(df["id"].tolist(), seed)
+    picked = [
+        report_text(f, i, findings_only)
+        for f, i in zip(df["findings"], df["impression"], strict=True)
+    ]
+    df["report"] = [p[0] for p in picked]
+    df["report_source"] = [p[1] for p in picked]
+    dropped: dict[str, int] = {}
+    n_fallback = int((df["report_source"] == "impression").sum())
+    empty = df["report"] == ""
+    dropped["no findings" if findings_only else "no findings and no impression"] = int(empty.sum())
+    df = df[~empty].reset_index(drop=True)
+    if labels:
+        df = attach_labels(df, ("findings", "impression"))
+
+    df.to_csv(out / REPORTS_TABLE, index=False)
+    options = {"findings_only": findings_only, "reports_tgz": str(tgz), "images": str(images or "")}
+    print(
+        f"IU X-Ray: {len(df)} reports ({n_fallback} use IMPRESSION as target) -> {out / REPORTS_TABLE}"
+    )
+    if images is None:
+        return df
+
+    images = Path(images).resolve()
+    if not images.is_dir():
+        raise FileNotFoundError(f"--images {images} is not a folder (expected NLMCXR_png)")
+    index = {p.stem: p for p in images.rglob("*.png")}
+    views = load_view_positions(metadata_csv)
+    link = out / "images"
+    if not link.exists():
+        os.symlink(images, link, target_is_directory=True)
+    chosen, rules = [], []
+    for ids in df["image_ids"]:
+        available = [i for i in ids.split(";") if i in index]
+        img, rule = choose_frontal(available, views)
+        chosen.append(f"images/{index[img].relative_to(images).as_posix()}" if img else "")
+        rules.append(rule)
+    df["image_path"] = chosen
+    df["view_rule"] = rules
+    no_img = df["image_path"] == ""
+    dropped["no frontal image found"] = int(no_img.sum())
+    df = df[~no_img].reset_index(drop=True)
+    meta = {
+        "builder": "data_prep.iu_xray",
+        "seed": seed,
+        "options": options,
+        "counts": {
+            "studies": len(df),
+            "split": split_counts(df),
+            "dropped": dropped,
+            "target_from_impression": int((df["report_source"] == "impression").sum()),
+            "view_rule": df["view_rule"].value_counts().to_dict(),
+        },
+        "labels": "rrglib.labeler on FINDINGS + IMPRESSION" if labels else "none",
+    }
+    path = write_manifest(df, out, meta)
+    print(f"manifest: {len(df)} studies {split_counts(df)}; dropped {dropped} -> {path}")
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="output folder (manifest.csv, iu_reports.csv)")
+    ap.add_argument("--reports-tgz", help="NLMCXR_reports.tgz (default: torchxrayvision's copy)")
+    ap.add_argument(
+        "--images", help="NLMCXR_png folder; without it only the reports table is built"
+    )
+    ap.add_argument("--download", action="store_true", help="fetch the official OpenI archives")
+    ap.add_argument("--download-url", default=OPENI_BASE, help="base URL of the archives")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--findings-only", action="store_true", help="drop reports without FINDINGS")
+    ap.add_argument("--no-labels", action="store_true", help="do not attach labeler labels")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    tgz, images = args.reports_tgz, args.images
+    if args.download:
+        got = download(out, args.download_url)
+        tgz = tgz or got["NLMCXR_reports.tgz"]
+        images = images or got.get("NLMCXR_png")
+    build(
+        out,
+        tgz,
+        images,
+        seed=args.seed,
+        findings_only=args.findings_only,
+        labels=not args.no_labels,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -495,7 +495,7 @@ class Renderer:
             if f.attrs.get("side") == "bilateral"
             else [f.attrs.get("side", "right")]
         )
-        depth = {"small": 0.075, "moderate": 0.15, "large": 0.25}[
+        depth = {"small": 0.05, "moderate": 0.14, "large": 0.25}[
             f.attrs.get("severity", "moderate")
         ]
         if f.value != 1.0:
@@ -638,7 +638,7 @@ POSITIVE: dict[str, list[str]] = {
     ],
     "Pleural Effusion": [
         "{Sev} {side} pleural {effusion}.",
-        "There is a {sev} {side} pleural {effusion}.",
+        "There {is_a} {sev} {side} pleural {effusion}.",
     ],
     "Pleural Other": [
         "{Side} lateral pleural thickening.",
@@ -756,6 +756,7 @@ def _fill(template: str, attrs: dict[str, Any], rng: np.random.Generator) -> str
         "size": size,
         "Size": size.capitalize(),
         "effusion": "effusions" if side == "bilateral" else "effusion",
+        "is_a": "are" if side == "bilateral" else "is a",
         "Hedge": str(rng.choice(HEDGES)),
     }
     text = template.format(**values)

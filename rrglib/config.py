@@ -122,6 +122,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 200
     log_every_steps: int = 10
     num_threads: int | None = None  # torch intra-op threads; None = torch default
+    log_with: str | None = None  # an accelerate tracker, e.g. "tensorboard"
 
 
 @dataclass
@@ -208,8 +209,18 @@ def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             kwargs[name] = _build(hint, value or {}, source, f"{prefix}{name}.")
         else:
-            kwargs[name] = value
+            kwargs[name] = _coerce(value, hint, f"{source}: {prefix}{name}")
     return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    # YAML 1.1 reads `1e-3` (no dot) as a string; accept it where the field is a float
+    if isinstance(value, str) and float in getattr(hint, "__args__", (hint,)):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{where} must be a number, got {value!r}") from None
+    return value
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

@@ -16,6 +16,9 @@ class Mapper(nn.Module):
         cfg = cfg or MapperConfig()
         self.cfg = cfg
         self.input_proj = nn.Linear(in_dim, cfg.d_model)
+        # CNN features share a large image-independent component; normalising each token keeps
+        # the image-specific part from vanishing in the cross-attention average
+        self.input_norm = nn.LayerNorm(cfg.d_model)
         # learned positions: the encoder grid is fixed for a given image size
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.max_tokens, cfg.d_model) * 0.02)
         self.queries = nn.Parameter(torch.randn(1, cfg.num_prompts, cfg.d_model) * 0.02)
@@ -38,6 +41,6 @@ class Mapper(nn.Module):
                 f"encoder produced {n} tokens but the mapper's positional embedding covers "
                 f"{self.pos_embed.shape[1]}; raise model.mapper.max_tokens or lower the image size"
             )
-        memory = self.input_proj(tokens) + self.pos_embed[:, :n]
+        memory = self.input_norm(self.input_proj(tokens)) + self.pos_embed[:, :n]
         queries = self.queries.expand(b, -1, -1)
         return self.output_proj(self.norm(self.decoder(queries, memory)))

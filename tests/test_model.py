@@ -180,11 +180,11 @@ def test_lora_and_mapper_changes_survive_reload_and_matter(tmp_path):
 def test_frozen_encoder_trainable_counts_match_hand_computation():
     model = ReportGenerator(smoke_model_config("tiny-gpt2"))
     # mapper (in 32 -> d 32 -> out 64, K=4, ff 64, 256 positions):
-    #   input_proj 32*32+32=1056, pos 256*32=8192, queries 4*32=128,
+    #   input_proj 32*32+32=1056, input_norm 64, pos 256*32=8192, queries 4*32=128,
     #   self+cross attention 2*(3*32*32+3*32 + 32*32+32)=8448, ffn 32*64+64 + 64*32+32=4192,
-    #   3 decoder norms 3*64=192, final norm 64, output_proj 32*64+64=2112  -> 24384
+    #   3 decoder norms 3*64=192, final norm 64, output_proj 32*64+64=2112  -> 24448
     # LoRA r=4 on c_attn (64 -> 192) in 2 layers: 2*(4*64 + 192*4) = 2048
-    assert model.trainable_parameter_counts() == {"encoder": 0, "mapper": 24384, "lora": 2048}
+    assert model.trainable_parameter_counts() == {"encoder": 0, "mapper": 24448, "lora": 2048}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all(n.startswith("mapper.") or "lora_" in n for n in trainable)
     llama = ReportGenerator(smoke_model_config("tiny-llama"))

@@ -1,0 +1,197 @@
+"""The training loop: strategies, checkpoints and resume, two processes, the auxiliary loss."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _toydata import make_toy_manifest
+from safetensors.torch import load_file
+
+from rrglib.config import load_config
+from rrglib.model import ReportGenerator
+from rrglib.train import epoch_batches, image_dependence, lr_factor, train
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return make_toy_manifest(tmp_path_factory.mktemp("toy"))
+
+
+def cfg_for(toy: Path, out: Path, *overrides: str):
+    return load_config(ROOT / "configs" / "smoke.yaml", [
+        f"data.manifest={toy}", f"output_dir={out}", "train.val_generation_samples=0",
+        "train.checkpoint_every_steps=0", *overrides])
+
+
+def snapshot(model: ReportGenerator, prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefix)}
+
+
+def base_llm(model: ReportGenerator) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.llm.state_dict().items() if "lora_" not in k}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_schedule_warms_up_then_decays():
+    assert lr_factor(0, 4, 20, "cosine") == pytest.approx(0.25)
+    assert lr_factor(3, 4, 20, "cosine") == pytest.approx(1.0)
+    assert lr_factor(12, 4, 20, "cosine") == pytest.approx(0.5)
+    assert lr_factor(20, 4, 20, "linear") == pytest.approx(0.0)
+    assert lr_factor(15, 4, 20, "constant") == 1.0
+
+
+def test_epoch_batches_are_seeded_and_split_evenly_across_ranks():
+    a = epoch_batches(10, 2, seed=1, epoch=0, rank=0, world=2)
+    b = epoch_batches(10, 2, seed=1, epoch=0, rank=1, world=2)
+    assert len(a) == len(b) == 3
+    flat = sum(a, []) + sum(b, [])
+    assert sorted(flat) == list(range(10))
+    assert a == epoch_batches(10, 2, seed=1, epoch=0, rank=0, world=2)
+    assert a != epoch_batches(10, 2, seed=1, epoch=1, rank=0, world=2)
+
+
+def test_image_dependence_ratio():
+    same_prompt = torch.ones(5, 3, 4)
+    assert image_dependence(same_prompt) == 0.0
+    centred = torch.randn(200, 2, 3)
+    centred -= centred.mean(0)
+    assert image_dependence(centred) == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "finetune", "two_stage"])
+def test_strategies_train_the_right_parts(toy, tmp_path, strategy):
+    cfg = cfg_for(toy, tmp_path / strategy, f"train.strategy={strategy}", "train.epochs=2",
+                  "train.stage1_epochs=1", "train.cache_features=true",
+                  f"train.feature_cache_dir={tmp_path / 'features'}")
+    torch.manual_seed(cfg.train.seed)
+    initial = ReportGenerator(cfg.model)
+    start_enc, start_llm = snapshot(initial, "encoder."), base_llm(initial)
+    start_map, start_lora = snapshot(initial, "mapper."), {
+        k: v.clone() for k, v in initial.state_dict().items() if "lora_B" in k}
+    seen: dict[int, dict] = {}
+    train(cfg, on_epoch_end=lambda e, m, _: seen.__setitem__(e, {
+        "enc": snapshot(m, "encoder."), "llm": base_llm(m), "map": snapshot(m, "mapper."),
+        "lora": {k: v.clone() for k, v in m.state_dict().items() if "lora_B" in k}}))
+    for epoch in (0, 1):
+        assert same(seen[epoch]["llm"], start_llm), "base LLM weights must never change"
+        assert not same(seen[epoch]["map"], start_map)
+        assert not same(seen[epoch]["lora"], start_lora)
+    frozen_epochs = {"frozen": (0, 1), "finetune": (), "two_stage": (0,)}[strategy]
+    for epoch in (0, 1):
+        assert same(seen[epoch]["enc"], start_enc) == (epoch in frozen_epochs), epoch
+    summary = json.loads((tmp_path / strategy / "summary.json").read_text())
+    assert summary["strategy"] == strategy and summary["epochs_run"] == 2
+    records = [json.loads(x) for x in (tmp_path / strategy / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["stage"] for r in epochs] == {"frozen": [1, 1], "finetune": [2, 2], "two_stage": [1, 2]}[strategy]
+    assert all("val_shuffle_gap" in r and "prompt_image_dependence" in r for r in epochs)
+    assert (tmp_path / strategy / "final" / "adapter").is_dir()
+    assert ReportGenerator.from_pretrained(tmp_path / strategy / "final") is not None
+
+
+def test_loss_decreases_on_a_tiny_overfit_set(toy, tmp_path):
+    cfg = cfg_for(toy, tmp_path / "fit", "train.strategy=frozen", "train.epochs=6", "train.lr_mapper=1e-2",
+                  "train.lr_lora=1e-2", "model.llm.lora_r=16", "model.llm.lora_target_modules=[c_attn,c_proj,c_fc]")
+    losses = []
+    train(cfg, on_epoch_end=lambda e, m, met: losses.append(met["val_loss"]))
+    steps = [json.loads(x) for x in (tmp_path / "fit" / "metrics.jsonl").read_text().splitlines()]
+    first_train = next(r["loss"] for r in steps if r["kind"] == "step")
+    assert losses[-1] < losses[0] - 0.2
+    assert losses[-1] < first_train - 0.5
+
+
+def test_existing_run_needs_resume_or_overwrite(toy, tmp_path):
+    cfg = cfg_for(toy, tmp_path / "r", "train.epochs=1", "train.strategy=frozen")
+    train(cfg)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg)
+
+
+def _final_state(run: Path) -> dict[str, torch.Tensor]:
+    state = load_file(str(run / "final" / "mapper.safetensors"))
+    state.update(load_file(str(run / "final" / "encoder.safetensors")))
+    state.update({f"lora.{k}": v for k, v in load_file(str(run / "final" / "adapter" / "adapter_model.safetensors")).items()})
+    return state
+
+
+KILL_AT = """
+import os, signal, sys
+import rrglib.train as T
+limit = int(os.environ["KILL_AT_STEP"])
+original = T.GroupSchedule.apply
+def apply(self, step):
+    if step == limit:
+        os.kill(os.getpid(), signal.SIGKILL)  # no clean-up, no final checkpoint: like kill -9
+    original(self, step)
+T.GroupSchedule.apply = apply
+T.main(sys.argv[1:])
+"""
+
+
+def test_killed_run_resumes_to_the_same_weights(toy, tmp_path):
+    # dropout on everywhere, so the resumed run only matches if RNG states are restored too
+    args = [f"data.manifest={toy}", "train.val_generation_samples=0", "train.strategy=two_stage",
+            "train.epochs=2", "train.checkpoint_every_steps=3", "model.mapper.dropout=0.2",
+            "model.llm.lora_dropout=0.2", "data.batch_size=3", "train.grad_accum_steps=2"]
+    config = str(ROOT / "configs" / "smoke.yaml")
+    env = {**os.environ, "KILL_AT_STEP": "8"}  # stage 2, mid-epoch, two steps after a checkpoint
+    killed = subprocess.run([PY, "-c", KILL_AT, "--config", config, f"output_dir={tmp_path / 'a'}", *args],
+                            env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    pointer = (tmp_path / "a" / "checkpoints" / "latest").read_text()
+    assert pointer.startswith("ckpt-0000006-1-"), pointer  # mid-epoch 1, after the stage switch
+    assert not (tmp_path / "a" / "final").exists()
+    resumed = subprocess.run([PY, "-m", "rrglib.train", "--config", config, "--resume",
+                              f"output_dir={tmp_path / 'a'}", *args], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    cfg = load_config(config, [*args, f"output_dir={tmp_path / 'b'}"])
+    train(cfg)
+    a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_process_cpu_run_keeps_ranks_identical(toy, tmp_path):
+    out = tmp_path / "ddp"
+    # accelerate's --cpu launcher starts a single process (multi-CPU needs mpirun); with no GPU,
+    # --multi_gpu starts torch.distributed workers and rrglib.train joins them in a gloo group
+    cmd = [PY, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rrglib.train",
+           "--config", str(ROOT / "configs" / "smoke.yaml"), f"data.manifest={toy}", f"output_dir={out}",
+           "train.val_generation_samples=0", "train.epochs=2", "train.strategy=two_stage"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    digests = [(out / f"weights_digest.rank{r}.txt").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["epochs_run"] == 2
+    assert (out / "config.yaml").is_file()
+
+
+def test_aux_loss_makes_prompts_depend_on_the_image(toy, tmp_path):
+    common = ["train.strategy=frozen", "train.epochs=6", "train.lr_mapper=1e-2", "train.lr_lora=1e-2",
+              "model.llm.lora_r=16", "model.llm.lora_target_modules=[c_attn,c_proj,c_fc]"]
+    results = {}
+    for weight in (0.0, 3.0):
+        final = {}
+        train(cfg_for(toy, tmp_path / f"aux{weight}", f"model.aux_loss_weight={weight}", *common),
+              on_epoch_end=lambda e, m, met: final.update(met))
+        results[weight] = final
+    off, on = results[0.0], results[3.0]
+    # measured: without the auxiliary loss the prompts collapse to one image-independent prefix
+    assert on["prompt_image_dependence"] > 10 * off["prompt_image_dependence"]
+    assert on["val_shuffle_gap"] > 0 and on["val_shuffle_gap"] > off["val_shuffle_gap"]
+    assert on["aux_f1"] > 0

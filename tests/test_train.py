@@ -186,10 +186,9 @@ def test_aux_loss_makes_prompts_depend_on_the_image(toy, tmp_path):
               "model.llm.lora_r=16", "model.llm.lora_target_modules=[c_attn,c_proj,c_fc]"]
     results = {}
     for weight in (0.0, 3.0):
-        final = {}
+        results[weight] = {}
         train(cfg_for(toy, tmp_path / f"aux{weight}", f"model.aux_loss_weight={weight}", *common),
-              on_epoch_end=lambda e, m, met: final.update(met))
-        results[weight] = final
+              on_epoch_end=lambda e, m, met, w=weight: results[w].update(met))
     off, on = results[0.0], results[3.0]
     # measured: without the auxiliary loss the prompts collapse to one image-independent prefix
     assert on["prompt_image_dependence"] > 10 * off["prompt_image_dependence"]

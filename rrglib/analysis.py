@@ -1,0 +1,597 @@
+"""The paper's analyses: attention to the soft visual prompts, calibration, image grounding.
+
+Pure functions over arrays and strings do the arithmetic; thin wrappers run a `ReportGenerator`
+to produce those arrays; figure helpers return a matplotlib Figure. Definitions:
+
+- Prompt attention share: for one query token, the attention mass on the K soft visual prompts
+  (positions [0, K)). Normalised share: that share divided by the share uniform attention over
+  the positions the query may attend to would give, (unmasked positions in [0, K)) / (unmasked
+  positions up to and including the query). 1 = the prompts get what their length alone
+  predicts; > 1 = the LLM looks at the image more than at an average token.
+- Temperature: calibrated probabilities are softmax(logits / T); T > 1 softens an
+  overconfident model, T < 1 sharpens an underconfident one.
+- Finding confidence: see `finding_confidence`.
+The prompts' image dependence lives in `rrglib.train.image_dependence`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.labeler import _MENTION_RE, _SPLIT, _UNMENTION_RE, label_report, label_reports
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from rrglib.model import ReportGenerator
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _np(x: ArrayLike) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
+
+
+# =============================================================================================
+# Attention to the soft visual prompts
+# =============================================================================================
+def prompt_attention_share(
+    weights: Sequence[ArrayLike], num_prompts: int, attention_mask: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer attention (B, H, q, L) -> (share, normalised share), each (layers, B, H, q).
+
+    Queries are the last q of L positions (as with a KV cache); `attention_mask` (B, >= L) marks
+    padding with 0. A query with nothing to attend to gets NaN.
+    """
+    shares, norms = [], []
+    for w in weights:
+        w = _np(w)
+        b, _, q, length = w.shape
+        mask = np.ones((b, length)) if attention_mask is None else _np(attention_mask)[:, :length]
+        # query j sits at position length - q + j and (causal) sees positions 0 .. that position
+        cum = np.cumsum(mask, axis=1)
+        seen = cum[:, length - q :]  # (B, q) unmasked positions visible to each query
+        pos = np.minimum(np.arange(length - q, length), num_prompts - 1)
+        prompts_visible = cum[:, pos]  # unmasked prompt positions visible to each query
+        with np.errstate(divide="ignore", invalid="ignore"):
+            expected = np.where(seen > 0, prompts_visible / seen, np.nan)  # (B, q)
+            share = w[..., :num_prompts].sum(-1)  # (B, H, q)
+            norms.append(share / expected[:, None, :])
+        shares.append(share)
+    return np.stack(shares), np.stack(norms)
+
+
+def generation_prompt_share(
+    step_attentions: Sequence[Sequence[ArrayLike]], num_prompts: int, attention_mask: ArrayLike | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`generate(output_attentions=True).attentions` -> (share, normalised), each (steps, layers, B, H).
+
+    Step s is the forward pass that chooses generated token s; its query is the last position
+    (step 0 is the prefill over the whole prefix, whose last row predicts the first token).
+    """
+    check_attentions(step_attentions)
+    shares, norms = [], []
+    for layers in step_attentions:
+        last = [_np(w)[:, :, -1:, :] for w in layers]
+        s, n = prompt_attention_share(last, num_prompts, attention_mask)
+        shares.append(s[..., 0])
+        norms.append(n[..., 0])
+    return np.stack(shares), np.stack(norms)
+
+
+def head_spread(share: np.ndarray, axis: int = -1) -> dict[str, np.ndarray]:
+    """Mean, std, min and max over the heads axis."""
+    return {"mean": share.mean(axis), "std": share.std(axis), "min": share.min(axis), "max": share.max(axis)}
+
+
+def check_attentions(attentions: Any) -> None:
+    """Raise if generation returned no attention weights (non-eager attention)."""
+    # transformers 5.24 with SDPA returns one *empty* tuple per step (Llama warns, GPT-2 does not)
+    missing = (
+        not attentions
+        or any(not layers for layers in attentions)
+        or any(w is None for layers in attentions for w in layers)
+    )
+    if missing:
+        raise RuntimeError(
+            "the language model returned no attention weights: only eager attention returns them "
+            "(SDPA and flash attention silently return nothing). Build the model with "
+            "`model.llm.attn_implementation: eager` in the run's YAML for attention analyses."
+        )
+
+
+def attention_frame(
+    share: np.ndarray, normalised: np.ndarray, valid: np.ndarray | None = None, sample_offset: int = 0
+) -> pd.DataFrame:
+    """(steps, layers, B, H) arrays -> tidy rows (sample, step, layer, depth, head, share, normalised_share).
+
+    `valid` (steps, B) drops steps after a sample finished; depth = layer / (layers - 1), so
+    models of different size can share one axis.
+    """
+    steps, layers, b, h = share.shape
+    grid = np.meshgrid(np.arange(steps), np.arange(layers), np.arange(b), np.arange(h), indexing="ij")
+    keep = np.ones(share.shape, bool) if valid is None else np.broadcast_to(valid[:, None, :, None], share.shape)
+    step, layer, sample, head = (g[keep] for g in grid)
+    return pd.DataFrame({
+        "sample": (sample + sample_offset).astype(np.int32),
+        "step": step.astype(np.int32),
+        "layer": layer.astype(np.int16),
+        "depth": (layer / max(layers - 1, 1)).astype(np.float32),
+        "head": head.astype(np.int16),
+        "share": share[keep].astype(np.float32),
+        "normalised_share": normalised[keep].astype(np.float32),
+    })  # fmt: skip
+
+
+@torch.no_grad()
+def prompt_attention(
+    model: ReportGenerator,
+    images: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
+    max_new_tokens: int = 60,
+    batch_size: int = 8,
+) -> pd.DataFrame:
+    """Greedy generation with attention maps -> tidy `attention_frame` over all samples.
+
+    Needs `model.llm.attn_implementation: eager`. Steps after a sample's eos are dropped.
+    """
+    source = images if features is None else features
+    if source is None:
+        raise ValueError("pass images or cached encoder features")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    tok, k = model.tokenizer, model.cfg.mapper.num_prompts
+    frames = []
+    try:
+        for start in range(0, len(source), batch_size):
+            chunk = source[start : start + batch_size].to(device)
+            prompts = model.visual_prompts(None, chunk) if features is not None else model.visual_prompts(chunk)
+            embeds = model._prefix_embeds(prompts)
+            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
+            out = model.llm.generate(
+                inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
+                do_sample=False, num_beams=1, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id, output_attentions=True, return_dict_in_generate=True,
+            )  # fmt: skip
+            check_attentions(out.attentions)
+            share, norm = generation_prompt_share(out.attentions, k)
+            # a sample is finished (its later rows are padding) once it has produced eos
+            ended = (out.sequences == tok.eos_token_id).cpu().numpy()
+            done_before = np.cumsum(ended, axis=1) - ended > 0  # (B, steps)
+            valid = ~done_before[:, : share.shape[0]].T
+            frames.append(attention_frame(share, norm, valid, sample_offset=start))
+    finally:
+        model.train(was_training)
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.sort_values(["sample", "step", "layer", "head"], kind="stable", ignore_index=True)
+
+
+def summarise_prompt_attention(
+    frame: pd.DataFrame, by: Sequence[str] = ("layer",), value: str = "share"
+) -> pd.DataFrame:
+    """Mean over samples and steps per head, then mean/std/min/max over heads for each `by` group.
+
+    With by=("layer",) the spread is over that layer's heads; with by=("step",) over all heads of
+    all layers.
+    """
+    by = list(by)
+    units = list(dict.fromkeys(by + ["layer", "head"]))
+    per_head = frame.groupby(units, observed=True)[value].mean().reset_index()
+    out = per_head.groupby(by)[value].agg(["mean", "std", "min", "max"])
+    out["n_samples"] = frame.groupby(by)["sample"].nunique()
+    out = out.reset_index()
+    if "depth" in frame and "layer" in by:
+        out = out.merge(frame.groupby("layer")["depth"].first().reset_index(), on="layer", how="left")
+    return out
+
+
+def _frames(frames: pd.DataFrame | Mapping[str, pd.DataFrame]) -> Mapping[str, pd.DataFrame]:
+    return {"": frames} if isinstance(frames, pd.DataFrame) else frames
+
+
+def plot_share_by_layer(
+    frames: pd.DataFrame | Mapping[str, pd.DataFrame],
+    normalised: bool = False,
+    x: str = "depth",
+    band: str = "minmax",
+    ax: Any = None,
+) -> Figure:
+    """Prompt attention share by layer, one line per model/strategy, band = spread over heads."""
+    import matplotlib.pyplot as plt
+
+    value = "normalised_share" if normalised else "share"
+    fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
+    for name, frame in _frames(frames).items():
+        s = summarise_prompt_attention(frame, ("layer",), value)
+        xs = s[x] if x in s else s["layer"]
+        (line,) = ax.plot(xs, s["mean"], marker="o", label=name or None)
+        lo, hi = (s["min"], s["max"]) if band == "minmax" else (s["mean"] - s["std"], s["mean"] + s["std"])
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    if normalised:
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+    ax.set_xlabel("relative depth (layer / last layer)" if x == "depth" else "layer")
+    ax.set_ylabel(("normalised " if normalised else "") + "attention share on visual prompts")
+    if any(_frames(frames)):
+        ax.legend()
+    return fig
+
+
+def plot_share_over_steps(
+    frames: pd.DataFrame | Mapping[str, pd.DataFrame], normalised: bool = False, ax: Any = None
+) -> Figure:
+    """Prompt attention share over generation steps (mean over layers and heads, band over heads)."""
+    import matplotlib.pyplot as plt
+
+    value = "normalised_share" if normalised else "share"
+    fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
+    for name, frame in _frames(frames).items():
+        s = summarise_prompt_attention(frame, ("step",), value)
+        (line,) = ax.plot(s["step"], s["mean"], label=name or None)
+        ax.fill_between(s["step"], s["mean"] - s["std"], s["mean"] + s["std"],
+                        color=line.get_color(), alpha=0.2, linewidth=0)  # fmt: skip
+    if normalised:
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+    ax.set_xlabel("generation step")
+    ax.set_ylabel(("normalised " if normalised else "") + "attention share on visual prompts")
+    if any(_frames(frames)):
+        ax.legend()
+    return fig
+
+
+# =============================================================================================
+# Calibration
+# =============================================================================================
+def _bin_index(confidence: np.ndarray, n_bins: int, strategy: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bin of every confidence, and the bin edges."""
+    if strategy == "width":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        # bins are (lo, hi]; a confidence of exactly 0 joins the first bin
+        return np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, n_bins - 1), edges
+    if strategy == "mass":
+        # equal-count bins over the sorted confidences (ties may straddle a boundary)
+        order = np.argsort(confidence, kind="stable")
+        idx = np.empty(len(confidence), dtype=int)
+        chunks = np.array_split(order, n_bins)
+        edges = [0.0]
+        for b, chunk in enumerate(chunks):
+            idx[chunk] = b
+            edges.append(float(confidence[chunk].max()) if len(chunk) else edges[-1])
+        edges[-1] = 1.0
+        return idx, np.asarray(edges)
+    raise ValueError(f"strategy must be 'width' or 'mass', got {strategy!r}")
+
+
+def reliability_table(
+    confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15, strategy: str = "width"
+) -> pd.DataFrame:
+    """Per bin: lower/upper edge, count, mean confidence, accuracy, gap (accuracy - confidence)."""
+    conf, corr = _np(confidence).ravel(), _np(correct).ravel()
+    if conf.shape != corr.shape:
+        raise ValueError(f"{conf.size} confidences but {corr.size} correctness values")
+    keep = ~np.isnan(conf)
+    conf, corr = conf[keep], corr[keep]
+    idx, edges = _bin_index(conf, n_bins, strategy)
+    count = np.bincount(idx, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, conf, n_bins) / count
+        acc = np.bincount(idx, corr, n_bins) / count
+    return pd.DataFrame({
+        "bin": np.arange(n_bins), "lower": edges[:-1], "upper": edges[1:], "count": count,
+        "confidence": mean_conf, "accuracy": acc, "gap": acc - mean_conf,
+    })  # fmt: skip
+
+
+def ece(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15, strategy: str = "width") -> float:
+    """Expected calibration error: sum over bins of (bin share) * |accuracy - mean confidence|."""
+    t = reliability_table(confidence, correct, n_bins, strategy)
+    n = t["count"].sum()
+    if n == 0:
+        return float("nan")
+    return float((t["count"] / n * t["gap"].abs()).fillna(0.0).sum())
+
+
+def fit_temperature(logits: ArrayLike, targets: ArrayLike, max_iter: int = 100) -> float:
+    """Temperature T minimising the NLL of softmax(logits / T) on (N, V) logits (LBFGS on log T)."""
+    z = logits.detach().float().cpu() if isinstance(logits, torch.Tensor) else torch.as_tensor(logits, dtype=torch.float32)
+    y = torch.as_tensor(_np(targets), dtype=torch.long) if not isinstance(targets, torch.Tensor) else targets.long().cpu()
+    log_t = torch.zeros((), requires_grad=True)  # log T keeps T positive without constraints
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.detach().exp())
+
+
+def apply_temperature(logits: ArrayLike, temperature: float) -> np.ndarray:
+    """Calibrated probabilities softmax(logits / T) along the last axis."""
+    z = torch.as_tensor(_np(logits)) / temperature
+    return torch.softmax(z, dim=-1).numpy()
+
+
+@dataclass
+class TokenCalibration:
+    """Teacher-forced token predictions on reference reports (one entry per report token + eos)."""
+
+    confidence: np.ndarray  # max softmax probability (at the given temperature)
+    correct: np.ndarray  # argmax == reference token
+    targets: np.ndarray  # reference token ids
+    target_logprob: np.ndarray  # log p(reference token)
+    sample: np.ndarray  # index of the report in iteration order
+    logits: torch.Tensor | None = None  # (n, V) float16 for the first `max_logit_tokens` tokens
+    logit_targets: np.ndarray | None = None
+
+    def ece(self, n_bins: int = 15, strategy: str = "width") -> float:
+        return ece(self.confidence, self.correct, n_bins, strategy)
+
+
+@torch.no_grad()
+def token_calibration(
+    model: ReportGenerator,
+    batches: Iterable[Mapping[str, Any]],
+    temperature: float = 1.0,
+    max_logit_tokens: int = 2048,
+) -> TokenCalibration:
+    """Confidence and correctness of every reference token under teacher forcing.
+
+    `batches` are model-ready dicts (report_input_ids, report_attention_mask, images or
+    features). Raw logits are kept for the first `max_logit_tokens` tokens (float16) to fit a
+    temperature on; a vocabulary of 50k makes keeping all of them too costly. Fit T on a
+    validation split, then rerun on the test split with `temperature=T`.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    p = model.num_prefix_tokens
+    conf, corr, tgt, tlp, smp, kept, kept_t = [], [], [], [], [], [], []
+    n_kept, offset = 0, 0
+    try:
+        for batch in batches:
+            ids = batch["report_input_ids"].to(device)
+            mask = batch["report_attention_mask"].to(device)
+            inputs = {k: batch[k].to(device) for k in ("images", "features") if batch.get(k) is not None}
+            out = model(ids, mask, return_logits=True, **inputs)
+            # position t predicts token t + 1: the report's tokens are predicted from p - 1 on
+            logits = out.logits[:, p - 1 : p - 1 + ids.shape[1]].float()
+            valid = mask.bool()
+            z, y = logits[valid], ids[valid]
+            logp = torch.log_softmax(z / temperature, dim=-1)
+            top, arg = logp.max(-1)
+            conf.append(top.exp().cpu())
+            corr.append((arg == y).cpu())
+            tgt.append(y.cpu())
+            tlp.append(logp.gather(-1, y[:, None])[:, 0].cpu())
+            rows = torch.arange(ids.shape[0], device=device)[:, None].expand_as(ids)[valid]
+            smp.append((rows + offset).cpu())
+            offset += ids.shape[0]
+            if n_kept < max_logit_tokens:
+                take = min(max_logit_tokens - n_kept, len(y))
+                kept.append(z[:take].half().cpu())
+                kept_t.append(y[:take].cpu())
+                n_kept += take
+    finally:
+        model.train(was_training)
+    cat = lambda xs: torch.cat(xs).numpy() if xs else np.empty(0)  # noqa: E731
+    return TokenCalibration(
+        confidence=cat(conf), correct=cat(corr), targets=cat(tgt), target_logprob=cat(tlp),
+        sample=cat(smp), logits=torch.cat(kept) if kept else None,
+        logit_targets=torch.cat(kept_t).numpy() if kept_t else None,
+    )  # fmt: skip
+
+
+# -- finding level ----------------------------------------------------------------------------
+def _normalised_with_map(text: str) -> tuple[str, list[int]]:
+    """The labeler's normalisation (lower case, hyphens and whitespace -> one space), with the
+    original character index of every normalised character."""
+    chars, index = [], []
+    for i, c in enumerate(text):
+        c = " " if c == "-" or c.isspace() else c.lower()
+        if len(c) != 1:  # a few characters lower-case to two; keep them as they are
+            c = text[i]
+        if c == " " and chars and chars[-1] == " ":
+            continue
+        chars.append(c)
+        index.append(i)
+    return "".join(chars), index
+
+
+def mention_spans(text: str, observation: str, asserted: Sequence[float] = (1.0, -1.0)) -> list[tuple[int, int]]:
+    """Character spans in `text` of the labeler's mentions of `observation`, in those sentences
+    whose own label for it is in `asserted` (so a negated mention elsewhere is left out)."""
+    if observation not in _MENTION_RE:
+        return []
+    spans = []
+    start = 0
+    # the labeler's sentence boundaries, found on the raw text so offsets stay those of `text`
+    bounds = [(m.start(), m.end()) for m in _SPLIT.finditer(text)] + [(len(text), len(text))]
+    for end, after in bounds:
+        sentence = text[start:end]
+        sentence_start, start = start, after
+        if not sentence.strip() or label_report(sentence)[observation] not in asserted:
+            continue
+        norm, index = _normalised_with_map(sentence)
+        bad = [(m.start(), m.end()) for m in _UNMENTION_RE[observation].finditer(norm)] if observation in _UNMENTION_RE else []
+        for m in _MENTION_RE[observation].finditer(norm):
+            if any(a <= m.start() and m.end() <= b for a, b in bad):
+                continue
+            spans.append((sentence_start + index[m.start()], sentence_start + index[m.end() - 1] + 1))
+    return spans
+
+
+def _retokenised_offsets(text: str, tokenizer: Any, n_logprobs: int) -> list[tuple[int, int]]:
+    # `generate` strips the decoded text, and byte-level BPE tokenises "Small" and " Small"
+    # differently; try the text as generated with the space it most likely began with too
+    candidates = []
+    for lead in (0, 1):
+        enc = tokenizer(" " * lead + text, add_special_tokens=False, return_offsets_mapping=True)
+        offsets = [(max(a - lead, 0), max(b - lead, 0)) for a, b in enc["offset_mapping"]]
+        if n_logprobs in (len(offsets), len(offsets) + 1):
+            return offsets
+        candidates.append(offsets)
+    return candidates[0]
+
+
+def _token_offsets(text: str, tokenizer: Any, token_ids: Sequence[int] | None, n_logprobs: int) -> list[tuple[int, int]]:
+    if token_ids is None:
+        return _retokenised_offsets(text, tokenizer, n_logprobs)
+    # exact generated ids: decode growing prefixes; `generate` strips the decoded text, so shift
+    offsets, prev = [], 0
+    full = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    lead = len(full) - len(full.lstrip())
+    for k in range(1, len(token_ids) + 1):
+        end = len(tokenizer.decode(list(token_ids[:k]), skip_special_tokens=True))
+        offsets.append((max(prev - lead, 0), max(end - lead, 0)))
+        prev = end
+    return offsets
+
+
+def finding_confidence(
+    texts: Sequence[str],
+    logprobs: Sequence[Sequence[float]],
+    tokenizer: Any,
+    references: Sequence[str],
+    token_ids: Sequence[Sequence[int]] | None = None,
+    uncertain_positive: bool = True,
+) -> pd.DataFrame:
+    """Confidence of each stated finding and whether the reference agrees.
+
+    For each generated report and each observation its labeler labels positive (or uncertain,
+    with `uncertain_positive`, the CE convention): the mentions of that observation in the
+    sentences that assert it (`mention_spans`); the tokens whose character range overlaps a
+    mention; confidence = geometric mean of those tokens' probabilities = exp(mean log-prob).
+    correct = the reference's label is positive (or uncertain) too, so the mean of `correct` is
+    the precision of the stated findings. No Finding has no mention and is left out.
+
+    Tokens are located by re-tokenising the text with offsets (as is, or with the leading space
+    `generate` stripped), or exactly from `token_ids` (the generated ids). `logprobs` are `ReportGenerator.generate(return_scores=True)`'s, one per token
+    plus possibly a final eos. A report whose token count does not match gets NaN confidence.
+    Returns rows (sample, observation, value, confidence, n_tokens, correct).
+    """
+    if not len(texts) == len(logprobs) == len(references):
+        raise ValueError(f"{len(texts)} texts, {len(logprobs)} logprob lists, {len(references)} references")
+    asserted = (1.0, -1.0) if uncertain_positive else (1.0,)
+    gen, ref = label_reports(texts), label_reports(references)
+    findings = [o for o in CHEXPERT_OBSERVATIONS if o in _MENTION_RE]
+    rows, misaligned = [], 0
+    for i, (text, lps) in enumerate(zip(texts, logprobs, strict=True)):
+        stated = [o for o in findings if gen.at[i, o] in asserted]
+        if not stated:
+            continue
+        offsets = _token_offsets(text, tokenizer, None if token_ids is None else token_ids[i], len(lps))
+        aligned = len(lps) in (len(offsets), len(offsets) + 1)
+        misaligned += not aligned
+        for obs in stated:
+            lp = []
+            if aligned:
+                spans = mention_spans(text, obs, asserted)
+                lp = [lps[t] for t, (s, e) in enumerate(offsets) if any(s < b and e > a for a, b in spans)]
+            rows.append({
+                "sample": i, "observation": obs, "value": gen.at[i, obs],
+                "confidence": math.exp(float(np.mean(lp))) if lp else float("nan"),
+                "n_tokens": len(lp), "correct": bool(ref.at[i, obs] in asserted),
+            })  # fmt: skip
+    if misaligned:
+        warnings.warn(
+            f"{misaligned} report(s): re-tokenised text does not match the number of log-probs; "
+            "their findings get NaN confidence. Pass the generated `token_ids` for exact alignment.",
+            stacklevel=2,
+        )
+    return pd.DataFrame(rows, columns=["sample", "observation", "value", "confidence", "n_tokens", "correct"])
+
+
+def finding_calibration_summary(frame: pd.DataFrame, n_bins: int = 10, strategy: str = "width") -> dict[str, float]:
+    """Counts, precision, mean confidence of true and false positives, and ECE of stated findings."""
+    f = frame.dropna(subset=["confidence"])
+    tp, fp = f[f["correct"]], f[~f["correct"]]
+    return {
+        "n": len(f),
+        "precision": float(f["correct"].mean()) if len(f) else float("nan"),
+        "confidence": float(f["confidence"].mean()) if len(f) else float("nan"),
+        "confidence_tp": float(tp["confidence"].mean()) if len(tp) else float("nan"),
+        "confidence_fp": float(fp["confidence"].mean()) if len(fp) else float("nan"),
+        "ece": ece(f["confidence"].to_numpy(), f["correct"].to_numpy(float), n_bins, strategy),
+    }
+
+
+def plot_reliability(
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    n_bins: int = 15,
+    strategy: str = "width",
+    ax: Any = None,
+) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per bin, one line per named curve
+    (ECE in the legend), with the diagonal of perfect calibration."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5)) if ax is None else (ax.figure, ax)
+    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1)
+    for name, (conf, corr) in curves.items():
+        t = reliability_table(conf, corr, n_bins, strategy)
+        t = t[t["count"] > 0]
+        e = ece(conf, corr, n_bins, strategy)
+        ax.plot(t["confidence"], t["accuracy"], marker="o", label=f"{name} (ECE {e:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
+    ax.legend(loc="upper left")
+    return fig
+
+
+# =============================================================================================
+# Grounding: does the report depend on the image?
+# =============================================================================================
+def blank_like(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], level: float = 0.5) -> torch.Tensor:
+    """A uniform gray image (intensity `level` in [0, 1]) per input, normalised with the encoder's
+    `mean`/`std` (e.g. `model.encoder.mean`), so the encoder sees the same gray every time."""
+    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return ((level - m) / s).expand_as(images).clone()
+
+
+def derangement(n: int, seed: int = 0) -> np.ndarray:
+    """A random permutation without fixed points: study i receives input perm[i] != i."""
+    if n < 2:
+        raise ValueError(f"cannot give every study another study's image with only {n} study")
+    order = np.random.default_rng(seed).permutation(n)
+    # one cycle through a random order: each study takes the next one's image
+    perm = np.empty(n, dtype=int)
+    perm[order] = np.roll(order, -1)
+    return perm
+
+
+def shuffle_images(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Each study gets another study's image (or cached features): a seeded derangement."""
+    return images[torch.as_tensor(derangement(len(images), seed), device=images.device)]
+
+
+def grounding_table(
+    results: Mapping[str, Mapping[str, Any]],
+    reference: str = "real",
+    metrics: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Metrics per input condition (real, blank, shuffled image ...) and each one's drop from
+    `reference`. Values are CE metric dicts (`clinical_efficacy`'s scores or `score_reports`'s
+    output); default metrics: every F1 the reference condition has."""
+    flat = {k: dict(v.get("metrics", v)) for k, v in results.items()}
+    if reference not in flat:
+        raise KeyError(f"reference condition {reference!r} not in results ({sorted(flat)})")
+    names = list(metrics) if metrics is not None else [m for m in flat[reference] if m.startswith("F1-")]
+    table = pd.DataFrame({c: [float(v.get(m, np.nan)) for m in names] for c, v in flat.items()},
+                         index=pd.Index(names, name="metric"))  # fmt: skip
+    for c in flat:
+        if c != reference:
+            table[f"drop {c}"] = table[reference] - table[c]
+    return table

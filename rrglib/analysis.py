@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.evaluate import derangement  # the evaluation's shuffled-image control uses the same
 from rrglib.labeler import _MENTION_RE, _SPLIT, _UNMENTION_RE, label_report, label_reports
 
 if TYPE_CHECKING:
@@ -559,17 +560,6 @@ def blank_like(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
     return ((level - m) / s).expand_as(images).clone()
-
-
-def derangement(n: int, seed: int = 0) -> np.ndarray:
-    """A random permutation without fixed points: study i receives input perm[i] != i."""
-    if n < 2:
-        raise ValueError(f"cannot give every study another study's image with only {n} study")
-    order = np.random.default_rng(seed).permutation(n)
-    # one cycle through a random order: each study takes the next one's image
-    perm = np.empty(n, dtype=int)
-    perm[order] = np.roll(order, -1)
-    return perm
 
 
 def shuffle_images(images: torch.Tensor, seed: int = 0) -> torch.Tensor:

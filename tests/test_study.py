@@ -1,0 +1,276 @@
+"""Study runner: tiny notebooks executed through papermill in a temporary repo layout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from rrglib import study
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Each notebook appends "<notebook>:<run_name>" to calls.log (execution order and counts)
+# and dumps the parameters it received into <out>/<notebook>.params.json.
+RECORD = """
+import json, os
+from pathlib import Path
+name = {name!r}
+with open("calls.log", "a") as f:
+    f.write(f"{{name}}:{{run_name}}\\n")
+out = Path(run_dir or study_dir)
+out.mkdir(parents=True, exist_ok=True)
+keys = ["study_name", "study_dir", "work_dir", "run_name", "run_dir", "run_work_dir",
+        "config", "overrides", "runs", "num_threads", "lr", "extra"]
+got = {{k: globals().get(k) for k in keys}}
+got["omp"] = os.environ.get("OMP_NUM_THREADS")
+got["cwd"] = os.getcwd()
+(out / f"{{name}}.params.json").write_text(json.dumps(got))
+"""
+
+
+def write_notebook(path: Path, name: str, extra_code: str = "") -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(
+        "study_dir = None\nrun_name = None\nrun_dir = None\nlr = 0.1\nfail = False"
+    )
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell(f"# {name}"),
+        params,
+        nbformat.v4.new_code_cell(RECORD.format(name=name) + extra_code),
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+
+
+def make_repo(tmp: Path, spec: dict, fail_check: bool = False) -> Path:
+    write_notebook(tmp / "notebooks/10_prep.ipynb", "10_prep")
+    write_notebook(
+        tmp / "notebooks/20_train.ipynb",
+        "20_train",
+        "if fail:\n    raise ValueError(f'asked to fail in {run_name}')\n",
+    )
+    write_notebook(
+        tmp / "notebooks/30_check.ipynb",
+        "30_check",
+        "raise RuntimeError('boom in check')\n" if fail_check else "",
+    )
+    write_notebook(tmp / "notebooks/90_summary.ipynb", "90_summary")
+    (tmp / "configs").mkdir(exist_ok=True)
+    (tmp / "configs/base.yaml").write_text("train:\n  strategy: frozen\n  epochs: 1\n")
+    path = tmp / "configs/study_t.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def calls(tmp: Path) -> list[str]:
+    log = tmp / "calls.log"
+    return log.read_text().split() if log.exists() else []
+
+
+def run(spec_path: Path, params: dict | None = None, **kw) -> study.Manifest:
+    return study.run_study(study.load_spec(spec_path, params), out=lambda line: None, **kw)
+
+
+BASE = {
+    "name": "t",
+    "parameters": {"base_config": "configs/base.yaml", "num_threads": 1, "lr": 0.5},
+    "before": ["10_prep"],
+    "runs": [
+        {"name": "a", "overrides": ["train.strategy=frozen"]},
+        {"name": "b", "overrides": ["train.epochs=2"], "parameters": {"extra": 7}},
+    ],
+    "per_run": ["20_train"],
+    "after": ["90_summary"],
+}
+
+
+def test_run_skip_rerun_and_status(tmp_path, capsys):
+    spec_path = make_repo(tmp_path, BASE)
+    manifest = run(spec_path)
+    assert calls(tmp_path) == ["10_prep:None", "20_train:a", "20_train:b", "90_summary:None"]
+
+    res = tmp_path / "results/t"
+    for rel in ["10_prep", "a/20_train", "b/20_train", "90_summary"]:
+        assert (res / f"{rel}.ipynb").is_file() and (res / f"{rel}.html").is_file()
+    html = (res / "a/20_train.html").read_text()
+    assert "<style" in html and "asked to fail" in html  # CSS inline, the code is shown
+
+    got = json.loads((res / "b/20_train.params.json").read_text())
+    assert got["study_name"] == "t" and got["study_dir"] == "results/t"
+    assert got["work_dir"] == "runs/t" and got["run_work_dir"] == "runs/t/b"
+    assert got["run_name"] == "b" and got["run_dir"] == "results/t/b"
+    assert got["config"] == "configs/base.yaml" and got["overrides"] == ["train.epochs=2"]
+    assert got["runs"] == ["a", "b"] and got["lr"] == 0.5 and got["extra"] == 7
+    assert got["num_threads"] == 1 and got["omp"] == "1"
+    assert Path(got["cwd"]).resolve() == tmp_path.resolve()
+    top = json.loads((res / "10_prep.params.json").read_text())
+    assert top["run_name"] is None and top["run_dir"] is None
+
+    data = json.loads((res / "manifest.json").read_text())
+    assert data == manifest.data and list(data["steps"]) == [
+        "10_prep", "a/20_train", "b/20_train", "90_summary"
+    ]  # fmt: skip
+    rec = data["steps"]["a/20_train"]
+    assert rec["status"] == "done" and rec["output"] == "results/t/a/20_train.ipynb"
+    assert rec["html"] == "results/t/a/20_train.html"
+    assert len(rec["config_hash"]) == 16 and rec["wall_s"] > 0
+    assert rec["started_at"] <= rec["finished_at"]
+    assert {"python", "torch", "transformers", "peft", "accelerate", "papermill"} <= set(
+        rec["versions"]
+    )
+    assert set(rec["git"]) == {"commit", "dirty"}  # tmp_path is no git repo: both None
+    assert rec["upstream"] == {"10_prep": data["steps"]["10_prep"]["exec_id"]}
+
+    # Unchanged: nothing executes again.
+    run(spec_path)
+    assert len(calls(tmp_path)) == 4
+
+    # One run's overrides change: that run and the summary rerun, nothing else.
+    spec = dict(BASE, runs=[BASE["runs"][0], dict(BASE["runs"][1], overrides=["train.epochs=3"])])
+    spec_path.write_text(yaml.safe_dump(spec))
+    lines: list[str] = []
+    study.run_study(study.load_spec(spec_path), out=lines.append)
+    assert calls(tmp_path)[4:] == ["20_train:b", "90_summary:None"]
+    assert any(line.startswith("[1/2] b/20_train done in") for line in lines), lines
+
+    # A CLI parameter reaches every notebook and changes every hash.
+    steps = study.plan(study.load_spec(spec_path, {"lr": 0.01}))
+    assert [s.action for s in steps] == ["run"] * 4
+    assert all(s.reason == "parameters changed" for s in steps[:1])
+
+    assert study.main(["status", str(spec_path)]) == 0
+    table = capsys.readouterr().out
+    assert "b/20_train" in table and "done" in table
+
+
+def test_failure_stops_and_resume(tmp_path, capsys):
+    spec = dict(BASE, before=[], runs=[{"name": "x"}], per_run=["20_train", "30_check"])
+    spec_path = make_repo(tmp_path, spec, fail_check=True)
+    with pytest.raises(study.StudyFailed) as err:
+        run(spec_path)
+    msg = str(err.value)
+    assert "results/t/x/30_check.ipynb" in msg and "boom in check" in msg
+    partial = nbformat.read(tmp_path / "results/t/x/30_check.ipynb", as_version=4)
+    assert any(
+        o.get("ename") == "RuntimeError" for c in partial.cells for o in c.get("outputs", [])
+    )
+    steps = err.value.manifest.steps
+    assert steps["x/20_train"]["status"] == "done"
+    assert steps["x/30_check"]["status"] == "failed"
+    assert "boom in check" in steps["x/30_check"]["error"]
+    assert steps["90_summary"]["status"] == "skipped"
+    assert calls(tmp_path) == ["20_train:x", "30_check:x"]
+
+    # A dry run shows the resume point without executing anything.
+    assert study.main(["run", str(spec_path), "--only", "x", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "skip  x/20_train" in out and "run   x/30_check" in out and "last status: failed" in out
+    write_notebook(tmp_path / "notebooks/30_check.ipynb", "30_check")  # the fix
+    run(spec_path)
+    assert calls(tmp_path)[2:] == ["30_check:x", "90_summary:None"]  # 20_train not redone
+
+
+def test_dry_run_executes_nothing(tmp_path, capsys):
+    spec_path = make_repo(tmp_path, BASE)
+    assert study.main(["run", str(spec_path), "--dry-run", "-p", "lr=0.2", "--only", "a"]) == 0
+    out = capsys.readouterr().out
+    assert "run   a/20_train" in out and "hold  b/20_train" in out
+    assert "hold  90_summary" in out  # waits for the run that is not selected
+    assert calls(tmp_path) == [] and not (tmp_path / "results").exists()
+
+
+def test_spec_errors(tmp_path, capsys):
+    spec_path = make_repo(tmp_path, dict(BASE, per_run=["20_train", "nope"]))
+    assert study.main(["run", str(spec_path), "--dry-run"]) == 1
+    assert "nope" in capsys.readouterr().err
+    make_repo(tmp_path, BASE)
+    with pytest.raises(study.SpecError, match="standard parameter"):
+        study.load_spec(spec_path, {"run_name": "x"})
+    assert study.parse_param("a=1e-3") == ("a", "1e-3") and study.parse_param("b=[1,2]")[1] == [
+        1,
+        2,
+    ]
+
+
+def test_second_run_is_refused_while_locked(tmp_path):
+    spec = study.load_spec(make_repo(tmp_path, BASE))
+    with study._study_lock(spec.work_dir / ".study.lock"):
+        with pytest.raises(study.StudyLocked):
+            study.run_study(spec, out=lambda line: None)
+    assert calls(tmp_path) == []
+
+
+def test_force_and_only(tmp_path):
+    make_repo(tmp_path, BASE)
+    spec = study.load_spec(tmp_path / "configs/study_t.yaml")
+    manifest = study.Manifest(spec.manifest_path)
+    for s in study.plan(spec, manifest):  # pretend everything finished
+        s.output.parent.mkdir(parents=True, exist_ok=True)
+        s.output.write_text("{}")
+        manifest.steps[s.key] = {"status": "done", "hashes": s.hashes, "exec_id": s.key}
+        manifest.steps[s.key]["upstream"] = {k: k for k in s.upstream}
+    assert {s.action for s in study.plan(spec, manifest)} == {"skip"}
+    forced = study.plan(spec, manifest, force=["a"])
+    assert [s.key for s in forced if s.action == "run"] == ["a/20_train", "90_summary"]
+    assert {s.action for s in study.plan(spec, manifest, force=[])} == {"run"}
+    manifest.steps["10_prep"]["exec_id"] = "again"  # executed since the runs were
+    assert {s.action for s in study.plan(spec, manifest, only=["b"])} == {"skip", "run", "hold"}
+
+
+def test_parallel_runs(tmp_path):
+    spec = dict(BASE, before=[], after=[])
+    spec_path = make_repo(tmp_path, spec)
+    manifest = run(spec_path, jobs=2)
+    assert sorted(calls(tmp_path)) == ["20_train:a", "20_train:b"]
+    assert {k: r["status"] for k, r in manifest.steps.items()} == {
+        "a/20_train": "done",
+        "b/20_train": "done",
+    }
+    on_disk = json.loads((tmp_path / "results/t/manifest.json").read_text())
+    assert on_disk["steps"] == manifest.steps
+
+
+def test_kernel_runs_this_interpreter(tmp_path, monkeypatch):
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    name = study.ensure_kernel(tmp_path)
+    assert study._runs_this_python(KernelSpecManager().get_kernel_spec(name).argv[0])
+
+    # A `python3` kernel that points at another interpreter is not used.
+    other = tmp_path / "elsewhere/kernels/python3"
+    other.mkdir(parents=True)
+    argv = ["/opt/other/bin/python", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (other / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "x", "language": "python"})
+    )
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "elsewhere"))
+    name = study.ensure_kernel(tmp_path / "work")
+    assert name != "python3"
+    assert KernelSpecManager().get_kernel_spec(name).argv[0] == sys.executable
+
+
+def test_repo_notebooks_are_clean():
+    paths = sorted((REPO / "notebooks").glob("*.ipynb"))
+    if not paths:
+        pytest.skip("no notebooks yet")
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged `parameters`"
+        assert code and code[0] is tagged[0], (
+            f"{path.name}: `parameters` must be the first code cell"
+        )
+        for c in code:
+            assert not c.outputs and c.execution_count is None, f"{path.name}: clear outputs"

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from rrglib.config import CHEXPERT_OBSERVATIONS
-from rrglib.evaluate import derangement  # the evaluation's shuffled-image control uses the same
+from rrglib.evaluate import derangement  # the evaluation's grounding controls
 from rrglib.labeler import _MENTION_RE, _SPLIT, _UNMENTION_RE, label_report, label_reports
 
 if TYPE_CHECKING:
@@ -554,14 +554,6 @@ def plot_reliability(
 # =============================================================================================
 # Grounding: does the report depend on the image?
 # =============================================================================================
-def blank_like(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], level: float = 0.5) -> torch.Tensor:
-    """A uniform gray image (intensity `level` in [0, 1]) per input, normalised with the encoder's
-    `mean`/`std` (e.g. `model.encoder.mean`), so the encoder sees the same gray every time."""
-    m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return ((level - m) / s).expand_as(images).clone()
-
-
 def shuffle_images(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Each study gets another study's image (or cached features): a seeded derangement."""
     return images[torch.as_tensor(derangement(len(images), seed), device=images.device)]

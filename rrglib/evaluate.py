@@ -48,6 +48,13 @@ def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[ReportGener
     return ReportGenerator.from_pretrained(Path(run_dir) / checkpoint).eval(), cfg
 
 
+def blank_like(images: torch.Tensor, mean, std, level: float = 0.5) -> torch.Tensor:
+    """A uniform gray image at `level`, normalised with the encoder's mean and std."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return ((torch.full_like(images, level) - m) / s).contiguous()
+
+
 def derangement(n: int, seed: int = 0) -> np.ndarray:
     """A permutation with no fixed point: every study gets another patient's image."""
     if n < 2:
@@ -83,18 +90,18 @@ def generate_reports(model: ReportGenerator, dataset: ReportDataset, decoding: G
     start = 0
     for batch in tqdm(loader, desc=f"generating ({images} images)", disable=not show):
         pixels = batch["images"].to(device)
-        if images == "blank":
-            pixels = torch.zeros_like(pixels)  # the normalised mean gray: no anatomy at all
+        if images == "blank":  # a uniform gray, normalised like every image: no anatomy at all
+            pixels = blank_like(pixels, model.encoder.mean, model.encoder.std)
         # ids and references are the studies' own, whichever image was shown
         own = dataset.df.iloc[start:start + len(pixels)]
         ids, refs = [str(i) for i in own["id"]], [str(r) for r in own["report"]]
         start += len(pixels)
         with ctx:
-            texts, logprobs = model.generate(images=pixels, return_scores=True,
-                                             **dataclasses.asdict(decoding))
-        for i, r, g, lp in zip(ids, refs, texts, logprobs, strict=True):
+            texts, logprobs, token_ids = model.generate(images=pixels, return_scores=True,
+                                                        return_token_ids=True, **dataclasses.asdict(decoding))
+        for i, r, g, lp, t in zip(ids, refs, texts, logprobs, token_ids, strict=True):
             rows.append({"id": i, "reference": r, "generated": g,
-                         "logprobs": json.dumps([round(v, 5) for v in lp])})
+                         "logprobs": json.dumps([round(v, 5) for v in lp]), "token_ids": json.dumps(t)})
     return pd.DataFrame(rows)
 
 

@@ -182,9 +182,14 @@ class ReportGenerator(nn.Module):
         num_beams: int = 1,
         do_sample: bool = False,
         return_scores: bool = False,
+        return_token_ids: bool = False,
         **decoding,
-    ) -> list[str] | tuple[list[str], list[list[float]]]:
-        """Generate one report per image; with `return_scores`, also each token's log-prob."""
+    ) -> list[str] | tuple:
+        """Generate one report per image.
+
+        With `return_scores`, also each generated token's log-prob (up to and including eos);
+        with `return_token_ids` as well, the generated token ids aligned with those log-probs.
+        """
         prompts = self.visual_prompts(images, features)
         embeds = self._prefix_embeds(prompts)
         attention = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
@@ -207,17 +212,19 @@ class ReportGenerator(nn.Module):
             return texts
         steps = self.llm.compute_transition_scores(seqs, out.scores, getattr(out, "beam_indices", None),
                                                    normalize_logits=True)
-        logprobs = []
+        logprobs, token_ids = [], []
         for row_ids, row_lp in zip(seqs.tolist(), steps.float().tolist(), strict=True):
-            keep = []
+            keep, ids = [], []
             for tid, lp in zip(row_ids, row_lp, strict=False):
                 if tid == tok.pad_token_id and tid != tok.eos_token_id:
                     break
                 keep.append(lp if math.isfinite(lp) else float("-inf"))
+                ids.append(tid)
                 if tid == tok.eos_token_id:
                     break
             logprobs.append(keep)
-        return texts, logprobs
+            token_ids.append(ids)
+        return (texts, logprobs, token_ids) if return_token_ids else (texts, logprobs)
 
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, run_config: RunConfig | None = None) -> None:

@@ -347,6 +347,11 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
                               cpu=not torch.cuda.is_available(),
                               log_with=t.log_with, project_dir=str(run_dir))
     main = accelerator.is_main_process
+    cpu_kind = torch.backends.cpu.get_cpu_capability()
+    if t.mixed_precision == "bf16" and accelerator.device.type == "cpu" and "AVX512" not in cpu_kind:
+        # measured: on an AVX2-only CPU a bf16 matmul ran ~400x slower than fp32
+        accelerator.print(f"warning: bf16 on a CPU without AVX512 ({cpu_kind}) is emulated and very "
+                          "slow; set train.mixed_precision: 'no' (see benchmarks/)")
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
 

@@ -105,10 +105,16 @@ def generate_reports(model: ReportGenerator, dataset: ReportDataset, decoding: G
     return pd.DataFrame(rows)
 
 
-def score_generations(gens: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
-    """All metrics of a generations table (NLG, clinical efficacy) with bootstrap intervals."""
+def score_generations(gens: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                      nlg_backend: str = "auto") -> dict[str, Any]:
+    """All metrics of a generations table (NLG, clinical efficacy) with bootstrap intervals.
+
+    `nlg_backend="python"` skips Java (approximate NLG numbers, no METEOR) where only the
+    clinical metrics matter, e.g. the grounding controls.
+    """
     hyps = [g if isinstance(g, str) else "" for g in gens["generated"]]
-    return score_reports(list(gens["reference"]), hyps, ids=list(gens["id"]), n_boot=n_boot, seed=seed)
+    return score_reports(list(gens["reference"]), hyps, ids=list(gens["id"]), n_boot=n_boot, seed=seed,
+                         backend=nlg_backend)
 
 
 def write_results(out_dir: Path, gens: pd.DataFrame, result: dict[str, Any], info: dict[str, Any]) -> None:
@@ -119,8 +125,12 @@ def write_results(out_dir: Path, gens: pd.DataFrame, result: dict[str, Any], inf
     table.index.name = "metric"
     table.to_csv(out_dir / "metrics.csv")
     result["per_observation"].to_csv(out_dir / "per_observation.csv")
+    stats = result["stats"]
+    # per-study sufficient statistics: later paired tests need no re-scoring (and no Java)
+    pd.DataFrame(stats.values, index=pd.Index([str(i) for i in stats.ids], name="id"),
+                 columns=stats.columns).to_csv(out_dir / "study_stats.csv")
     payload = {"metrics": result["metrics"], "ci95": {k: list(v) for k, v in result["ci"].items()},
-               "n": result["n"], **info}
+               "n": result["n"], "meteor_scale": stats.meteor_scale, "labeler": stats.tag, **info}
     (out_dir / "metrics.json").write_text(json.dumps(payload, indent=2, default=str))
 
 

@@ -17,6 +17,7 @@ from rrglib.baselines import most_frequent_report, retrieval_generations, run_ba
 from rrglib.config import load_config
 from rrglib.data import ReportDataset, load_manifest
 from rrglib.evaluate import derangement, evaluate_run, generate_reports, load_run
+from rrglib.reporting import load_eval, stats_of
 from rrglib.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,6 +73,10 @@ def test_evaluate_run_writes_metrics_with_intervals(run):
         assert lo - 1e-9 <= payload["metrics"][key] <= hi + 1e-9
     table = pd.read_csv(out / "metrics.csv")
     assert {"metric", "value", "ci_low", "ci_high"} <= set(table.columns)
+    # the saved per-study statistics reproduce every metric, for paired tests without re-scoring
+    stats = stats_of(load_eval(out))
+    for key, value in payload["metrics"].items():
+        assert stats.point()[key] == pytest.approx(value, abs=1e-9), key
 
 
 def test_most_frequent_report_is_the_mode():

@@ -99,3 +99,37 @@ def side_by_side(gens: dict[str, pd.DataFrame], ids: list[str]) -> pd.DataFrame:
     for name, g in gens.items():
         table[name] = g.set_index("id").loc[ids, "generated"]
     return table
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A GitHub markdown table (no extra dependency)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if pd.isna(v) else format(v, floatfmt)
+        return str(v)
+
+    head = [str(frame.index.name or "")] + [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for idx, row in frame.iterrows():
+        lines.append("| " + " | ".join([str(idx)] + [cell(v) for v in row]) + " |")
+    return "\n".join(lines)
+
+
+def write_index(study_dir: str | Path, runs: list[str], sections: dict[str, pd.DataFrame],
+                notes: str = "") -> Path:
+    """results/<study>/README.md: links to every rendered notebook and figure, and the tables."""
+    study_dir = Path(study_dir)
+    lines = [f"# Study `{study_dir.name}`", "", notes, "", "## Rendered notebooks", ""]
+    study_level = sorted(p.name for p in study_dir.glob("*.html"))
+    lines += [f"- [{name[:-5]}]({name})" for name in study_level]
+    for run in runs:
+        pages = sorted(p.name for p in (study_dir / run).glob("*.html"))
+        figures = sorted(p.name for p in (study_dir / run).glob("*.png"))
+        links = ", ".join(f"[{p[:-5]}]({run}/{p})" for p in pages)
+        figs = ", ".join(f"[{p[:-4]}]({run}/{p})" for p in figures)
+        lines.append(f"- **{run}**: {links}" + (f" — figures: {figs}" if figs else ""))
+    for title, frame in sections.items():
+        lines += ["", f"## {title}", "", markdown_table(frame)]
+    path = study_dir / "README.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

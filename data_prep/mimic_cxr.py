@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from rrglib.config import CHEXPERT_OBSERVATIONS
-from rrglib.data import attach_labels, split_counts, write_manifest
+from rrglib.data import REQUIRED_COLUMNS, attach_labels, split_counts, write_manifest
 
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv.gz"
@@ -180,18 +180,7 @@ def build(
         )
     df = pd.DataFrame(
         rows,
-        columns=[
-            "id",
-            "split",
-            "image_path",
-            "findings",
-            "impression",
-            "report",
-            "subject_id",
-            "study_id",
-            "dicom_id",
-            "view",
-        ],
+        columns=[*REQUIRED_COLUMNS, "subject_id", "study_id", "dicom_id", "view"],
     )
 
     label_source = "none"

@@ -17,6 +17,7 @@ import torch  # noqa: E402
 
 from rrglib import analysis as A  # noqa: E402
 from rrglib.config import load_config  # noqa: E402
+from rrglib.evaluate import blank_like  # noqa: E402
 from rrglib.model import ReportGenerator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,7 +228,7 @@ def test_finding_confidence_with_real_tokenizer_and_generated_ids():
 # -- grounding --------------------------------------------------------------------------------
 def test_blank_and_shuffled_inputs():
     images = torch.randn(5, 3, 8, 8)
-    blank = A.blank_like(images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    blank = blank_like(images, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert blank.shape == images.shape
     np.testing.assert_allclose(blank[0, :, 0, 0], [(0.5 - 0.485) / 0.229, (0.5 - 0.456) / 0.224,
                                                    (0.5 - 0.406) / 0.225], rtol=1e-6)

@@ -76,6 +76,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--report-tokens", type=int, default=40)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--cases", nargs="+", default=["1c", "1", "2"],
+                        help="stage 1 with cached features (1c), stage 1 from images (1), stage 2 (2)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -87,7 +89,8 @@ def main() -> None:
     peaks = {p: matmul_peak(DTYPES[p]) for p in args.precisions}
     rows = []
     for precision in args.precisions:
-        for stage, cached in ((1, True), (1, False), (2, False)):
+        for case in args.cases:
+            stage, cached = int(case[0]), case.endswith("c")
             r = run_case(model, stage, cached, precision, args.batch, args.report_tokens, args.steps)
             r["matmul peak GFLOP/s"] = f"{peaks[precision] / 1e9:.0f}"
             r["MFU"] = f"{r.pop('flop/s') / peaks[precision]:.1%}"

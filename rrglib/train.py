@@ -314,6 +314,7 @@ def generation_f1(model: ReportGenerator, batcher: Batcher, cfg: RunConfig, acce
                   indices: list[int], use_features: bool) -> float:
     """Micro-F1 (14 observations, positive or uncertain = 1) of greedy reports, rule-based labels."""
     from .labeler import label_reports
+    from .metrics import clinical_efficacy
 
     refs, hyps = [], []
     chunks = [indices[i:i + cfg.data.eval_batch_size] for i in range(0, len(indices), cfg.data.eval_batch_size)]
@@ -323,9 +324,8 @@ def generation_f1(model: ReportGenerator, batcher: Batcher, cfg: RunConfig, acce
             hyps += model.generate(images=inputs.get("images"), features=inputs.get("features"),
                                    max_new_tokens=cfg.generation.max_new_tokens)
         refs += batch["reports"]
-    ref = finding_targets(torch.tensor(label_reports(refs).to_numpy(dtype=float))).numpy()
-    hyp = finding_targets(torch.tensor(label_reports(hyps).to_numpy(dtype=float))).numpy()
-    return micro_f1(ref, hyp)
+    scores, _ = clinical_efficacy(label_reports(refs), label_reports(hyps))
+    return scores["F1-RB-14-micro"]  # the same metric the evaluation reports
 
 
 # ---------------------------------------------------------------------------------------

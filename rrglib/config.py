@@ -59,6 +59,10 @@ class MapperConfig:
     dim_feedforward: int = 2048
     dropout: float = 0.1
     max_tokens: int = 1024  # largest encoder token grid the positional embedding covers
+    # "none" (the paper's mapper) or "batch": standardise every prompt dimension over the batch
+    # (running statistics at inference), so the image-independent part of the prompts cannot
+    # grow until it drowns the image-dependent part
+    prompt_norm: str = "none"
 
 
 @dataclass
@@ -83,6 +87,10 @@ class ModelConfig:
     # auxiliary finding loss on the pooled, normalised soft prompts (0 = the paper's method)
     aux_loss_weight: float = 0.0
     aux_labels: list[str] = field(default_factory=lambda: list(CHEXPERT_OBSERVATIONS))
+    # how the head normalises the pooled prompts: "batch" standardises each dimension over the
+    # batch (reads the image signal however small it is next to the image-independent part);
+    # "layer" normalises each study's vector, so the head only sees what is large per study
+    aux_norm: str = "batch"
     # replace every image by a constant: the image-blind control
     image_blind: bool = False
 
@@ -114,6 +122,9 @@ class TrainConfig:
     mixed_precision: str = "no"  # no | bf16 | fp16
     seed: int = 42
     cache_features: bool = False  # reuse encoder features while the encoder is frozen
+    # steps fitting mapper + finding head to the labels alone (frozen encoder, no LLM) before the
+    # run starts; needs model.aux_loss_weight > 0. 0 = off (the paper's runs)
+    aux_warmup_steps: int = 0
     feature_cache_dir: str | None = None
     eval_every_epoch: bool = True
     val_generation_samples: int = 32

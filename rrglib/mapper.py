@@ -32,6 +32,10 @@ class Mapper(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.d_model)
         self.output_proj = nn.Linear(cfg.d_model, out_dim)
+        if cfg.prompt_norm not in ("none", "batch"):
+            raise ValueError(f"model.mapper.prompt_norm must be 'none' or 'batch', got {cfg.prompt_norm!r}")
+        # one statistic per (prompt, dimension): per-prompt constants are removed as well
+        self.prompt_norm = nn.BatchNorm1d(cfg.num_prompts * out_dim) if cfg.prompt_norm == "batch" else None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) encoder tokens -> (B, K, out_dim) soft visual prompts."""
@@ -43,4 +47,7 @@ class Mapper(nn.Module):
             )
         memory = self.input_norm(self.input_proj(tokens)) + self.pos_embed[:, :n]
         queries = self.queries.expand(b, -1, -1)
-        return self.output_proj(self.norm(self.decoder(queries, memory)))
+        prompts = self.output_proj(self.norm(self.decoder(queries, memory)))
+        if self.prompt_norm is not None:
+            prompts = self.prompt_norm(prompts.flatten(1)).view_as(prompts)
+        return prompts

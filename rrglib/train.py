@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
 from safetensors.torch import load_file, save_file
@@ -210,6 +211,35 @@ def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------
 
 
+def aux_warmup(model: ReportGenerator, features: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
+               batch_size: int, seed: int) -> float:
+    """Fit mapper + finding head to the labels from frozen-encoder features, without the LLM.
+
+    Cheap (no LLM forward): it hands the LLM soft prompts that already carry the findings, so
+    the short runs of the demo spend their LLM steps learning to read them. Returns the last
+    step's loss. Draws from its own generator, not the global RNG.
+    """
+    if model.aux_head is None:
+        raise ValueError("train.aux_warmup_steps needs model.aux_loss_weight > 0 (there is no finding head)")
+    params = list(model.mapper.parameters()) + list(model.aux_head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    targets = finding_targets(labels)
+    was_training = model.training
+    model.mapper.train()
+    model.aux_head.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        idx = torch.randint(0, len(features), (min(batch_size, len(features)),), generator=gen)
+        logits = model.aux_head(model.mapper(features[idx].float()))
+        loss = F.binary_cross_entropy_with_logits(logits, targets[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    model.train(was_training)
+    return float(loss)
+
+
 def save_checkpoint(run_dir: Path, model: ReportGenerator, optimizer, state: dict[str, Any]) -> Path:
     """Write checkpoints/ckpt-<step>/ completely, then atomically point `latest` at it."""
     ckpt_root = run_dir / "checkpoints"
@@ -383,6 +413,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"{manifest_file}: need studies in both the train and validate splits "
                          f"(found {len(train_ds)} and {len(val_ds)})")
+    if model.aux_head is not None:  # a resumed run overwrites this with its checkpoint
+        model.aux_head.init_prior(finding_targets(train_ds.labels))
     train_batcher = Batcher(train_ds, model, cfg.data.num_workers)
     val_batcher = Batcher(val_ds, model, cfg.data.num_workers)
     uses_frozen = t.strategy in ("frozen", "two_stage")
@@ -401,12 +433,25 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
 
     state = {"epoch": 0, "batch": 0, "global_step": 0, "stage": stage_of(cfg, 0),
              "encoder_start_step": switch_step, "best": None, "best_epoch": None, "bad_epochs": 0}
+    warmup_record = None
     if resume and ckpt is not None:
         state = load_checkpoint(ckpt, model, optimizer, cfg)
         accelerator.print(f"resuming {run_dir} from {ckpt.name}")
-    elif state["stage"] == 2:
-        model.set_encoder_trainable(True)
-        optimizer.add_param_group(encoder_group(model, cfg, switch_step))
+    else:
+        if t.aux_warmup_steps > 0:
+            feats = train_batcher.features
+            if feats is None:  # finetune runs warm up from the (still frozen) encoder's features
+                feats = cached_features(model, cfg, train_ds, manifest_file, "train", accelerator)
+            tic = time.perf_counter()
+            warm_loss = aux_warmup(model, feats, train_ds.labels, t.aux_warmup_steps, t.lr_mapper,
+                                   cfg.data.batch_size, t.seed)
+            warmup_record = {"kind": "aux_warmup", "steps": t.aux_warmup_steps, "aux_loss": warm_loss,
+                             "seconds": time.perf_counter() - tic}
+            accelerator.print(f"aux warm-up: {t.aux_warmup_steps} steps, finding loss {warm_loss:.3f}, "
+                              f"{warmup_record['seconds']:.1f} s")
+        if state["stage"] == 2:
+            model.set_encoder_trainable(True)
+            optimizer.add_param_group(encoder_group(model, cfg, switch_step))
 
     model.to(accelerator.device)
     wrapped, optimizer = accelerator.prepare(model, optimizer)
@@ -422,6 +467,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
             accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
                             step=record.get("step"))
 
+    if warmup_record is not None:
+        log(warmup_record)
     throughput: dict[int, list[float]] = {1: [], 2: []}
     stop = False
     for epoch in range(state["epoch"], t.epochs):

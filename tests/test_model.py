@@ -290,3 +290,61 @@ def test_packaged_smollm2_loads_with_llama_lora_and_chat_eos():
     assert nll("The heart size is normal and the lungs are clear.") + 1.0 < nll(
         "normal lungs The clear and size heart the are is."
     )
+
+
+def _with_prompt_norm(llm: str = "tiny-llama", **overrides):
+    cfg = smoke_model_config(llm, **overrides)
+    cfg.mapper.prompt_norm = "batch"
+    return cfg
+
+
+def test_finding_head_bias_starts_at_the_prevalence_log_odds():
+    model = ReportGenerator(smoke_model_config(aux_loss_weight=1.0))
+    targets = torch.zeros(10, 14)
+    targets[:5, 0] = 1  # 50%
+    targets[:1, 2] = 1  # 10%; the other labels never occur and are clamped
+    model.aux_head.init_prior(targets)
+    bias = model.aux_head.linear.bias
+    assert bias[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert bias[2].item() == pytest.approx(torch.log(torch.tensor(0.1 / 0.9)).item(), rel=1e-5)
+    assert bias[5].item() == pytest.approx(torch.log(torch.tensor(1e-3 / (1 - 1e-3))).item(), rel=1e-5)
+
+
+def test_batch_prompt_norm_removes_the_image_independent_part():
+    torch.manual_seed(0)
+    model = ReportGenerator(_with_prompt_norm())
+    emb = model.llm.get_input_embeddings().weight.detach().float()
+    rms = emb.pow(2).mean().sqrt().item()
+    assert model.mapper.prompt_norm.weight.detach().allclose(torch.full_like(model.mapper.prompt_norm.weight, rms))
+    model.train()
+    x = images(6)
+    p = model.visual_prompts(x)
+    assert p.mean(0).abs().max().item() < 1e-4  # every (prompt, dim) centred over the batch
+    std = p.std(0, unbiased=False)  # scaled to the embeddings' RMS (BatchNorm's eps only shrinks it)
+    assert std.max().item() <= rms * 1.001 and std.mean().item() > 0.8 * rms
+    with torch.no_grad():  # a huge constant added before the norm changes nothing
+        model.mapper.output_proj.bias.add_(100.0)
+    assert torch.allclose(model.visual_prompts(x), p, atol=1e-3)
+
+
+def test_batch_prompt_norm_statistics_survive_save_and_load(tmp_path):
+    torch.manual_seed(0)
+    model = ReportGenerator(_with_prompt_norm())
+    model.train()
+    for _ in range(3):  # move the running statistics off their initial values
+        model.visual_prompts(images(4))
+    model.eval()
+    model.save_pretrained(tmp_path / "run")
+    loaded = ReportGenerator.from_pretrained(tmp_path / "run").eval()
+    assert loaded.mapper.prompt_norm is not None
+    assert torch.equal(model.visual_prompts(images(2)), loaded.visual_prompts(images(2)))
+
+
+def test_unknown_normalisation_choices_are_named():
+    cfg = smoke_model_config(aux_loss_weight=1.0)
+    cfg.mapper.prompt_norm = "group"
+    with pytest.raises(ValueError, match="prompt_norm"):
+        ReportGenerator(cfg)
+    cfg = smoke_model_config(aux_loss_weight=1.0, aux_norm="instance")
+    with pytest.raises(ValueError, match="aux_norm"):
+        ReportGenerator(cfg)

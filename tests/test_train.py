@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from _toydata import make_toy_manifest
 from safetensors.torch import load_file
 
@@ -194,3 +195,43 @@ def test_aux_loss_makes_prompts_depend_on_the_image(toy, tmp_path):
     assert on["prompt_image_dependence"] > 10 * off["prompt_image_dependence"]
     assert on["val_shuffle_gap"] > 0 and on["val_shuffle_gap"] > off["val_shuffle_gap"]
     assert on["aux_f1"] > 0
+
+
+def test_aux_warmup_fits_the_labels_and_leaves_the_llm_alone():
+    from rrglib.model import finding_targets
+    from rrglib.train import aux_warmup
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", ["model.aux_loss_weight=1.0"]).model
+    torch.manual_seed(0)
+    model = ReportGenerator(cfg)
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.full((64, 14), float("nan"))
+    positive = torch.rand(64, generator=gen) < 0.3
+    labels[positive, 2] = 1.0
+    feats = torch.randn(64, 16, model.encoder.out_channels, generator=gen)
+    feats[positive, :, :4] += 2.0  # the label is visible in four channels
+    model.aux_head.init_prior(finding_targets(labels))
+    llm_before, mapper_before = base_llm(model), snapshot(model, "mapper.")
+
+    def loss() -> float:
+        model.eval()
+        with torch.no_grad():
+            logits = model.aux_head(model.mapper(feats))
+        return F.binary_cross_entropy_with_logits(logits[:, 2], finding_targets(labels)[:, 2]).item()
+
+    start = loss()
+    aux_warmup(model, feats, labels, steps=60, lr=1e-2, batch_size=16, seed=0)
+    assert loss() < 0.5 * start
+    assert same(base_llm(model), llm_before)
+    assert not same(snapshot(model, "mapper."), mapper_before)
+    with pytest.raises(ValueError, match="aux_loss_weight"):
+        aux_warmup(ReportGenerator(load_config(ROOT / "configs" / "smoke.yaml").model), feats, labels,
+                   steps=1, lr=1e-3, batch_size=4, seed=0)
+
+
+def test_aux_warmup_runs_before_training_and_is_logged(toy, tmp_path):
+    cfg = cfg_for(toy, tmp_path / "warm", "train.strategy=finetune", "train.epochs=1",
+                  "model.aux_loss_weight=1.0", "train.aux_warmup_steps=5")
+    train(cfg)
+    records = [json.loads(x) for x in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
+    assert records[0]["kind"] == "aux_warmup" and records[0]["steps"] == 5
+    assert sum(r["kind"] == "aux_warmup" for r in records) == 1

@@ -29,7 +29,13 @@ import torch.nn.functional as F
 
 from rrglib.config import CHEXPERT_OBSERVATIONS
 from rrglib.evaluate import derangement  # the evaluation's grounding controls
-from rrglib.labeler import _MENTION_RE, _SPLIT, _UNMENTION_RE, label_report, label_reports
+from rrglib.labeler import (
+    MENTION_PATTERNS,
+    SENTENCE_BOUNDARY,
+    UNMENTION_PATTERNS,
+    label_report,
+    label_reports,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -414,20 +420,20 @@ def _normalised_with_map(text: str) -> tuple[str, list[int]]:
 def mention_spans(text: str, observation: str, asserted: Sequence[float] = (1.0, -1.0)) -> list[tuple[int, int]]:
     """Character spans in `text` of the labeler's mentions of `observation`, in those sentences
     whose own label for it is in `asserted` (so a negated mention elsewhere is left out)."""
-    if observation not in _MENTION_RE:
+    if observation not in MENTION_PATTERNS:
         return []
     spans = []
     start = 0
     # the labeler's sentence boundaries, found on the raw text so offsets stay those of `text`
-    bounds = [(m.start(), m.end()) for m in _SPLIT.finditer(text)] + [(len(text), len(text))]
+    bounds = [(m.start(), m.end()) for m in SENTENCE_BOUNDARY.finditer(text)] + [(len(text), len(text))]
     for end, after in bounds:
         sentence = text[start:end]
         sentence_start, start = start, after
         if not sentence.strip() or label_report(sentence)[observation] not in asserted:
             continue
         norm, index = _normalised_with_map(sentence)
-        bad = [(m.start(), m.end()) for m in _UNMENTION_RE[observation].finditer(norm)] if observation in _UNMENTION_RE else []
-        for m in _MENTION_RE[observation].finditer(norm):
+        bad = [(m.start(), m.end()) for m in UNMENTION_PATTERNS[observation].finditer(norm)] if observation in UNMENTION_PATTERNS else []
+        for m in MENTION_PATTERNS[observation].finditer(norm):
             if any(a <= m.start() and m.end() <= b for a, b in bad):
                 continue
             spans.append((sentence_start + index[m.start()], sentence_start + index[m.end() - 1] + 1))
@@ -487,7 +493,7 @@ def finding_confidence(
         raise ValueError(f"{len(texts)} texts, {len(logprobs)} logprob lists, {len(references)} references")
     asserted = (1.0, -1.0) if uncertain_positive else (1.0,)
     gen, ref = label_reports(texts), label_reports(references)
-    findings = [o for o in CHEXPERT_OBSERVATIONS if o in _MENTION_RE]
+    findings = [o for o in CHEXPERT_OBSERVATIONS if o in MENTION_PATTERNS]
     rows, misaligned = [], 0
     for i, (text, lps) in enumerate(zip(texts, logprobs, strict=True)):
         stated = [o for o in findings if gen.at[i, o] in asserted]

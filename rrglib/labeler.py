@@ -445,7 +445,8 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
 POST_SCOPE_WORDS = 8  # how far back a post-trigger reaches ("effusion on the right has resolved")
 
 _DEID = re.compile(r"\b[xX]{2,}\b|_{2,}")
-_SPLIT = re.compile(r"(?<!\bvs)(?<!\d)\.(?!\d)|[;!\n]|\s\d+\.\s|\s\d+\)\s")
+# public: rrglib.analysis locates findings inside sentences with the same rules
+SENTENCE_BOUNDARY = re.compile(r"(?<!\bvs)(?<!\d)\.(?!\d)|[;!\n]|\s\d+\.\s|\s\d+\)\s")
 _WORD = re.compile(r"[a-z0-9]")
 
 
@@ -459,8 +460,9 @@ def _compile(phrases: Iterable[str]) -> re.Pattern[str]:
     return re.compile(pattern)
 
 
-_MENTION_RE = {obs: _compile(ps) for obs, ps in MENTIONS.items()}
-_UNMENTION_RE = {obs: _compile(ps) for obs, ps in UNMENTIONS.items()}
+# compiled per observation: what mentions it, and look-alikes that do not ("heart size" is not cardiomegaly)
+MENTION_PATTERNS = {obs: _compile(ps) for obs, ps in MENTIONS.items()}
+UNMENTION_PATTERNS = {obs: _compile(ps) for obs, ps in UNMENTIONS.items()}
 
 
 # Fixed phrases are costly to scan (an anchor, a gap, a qualifier); each group is only tried when
@@ -498,7 +500,7 @@ def normalise(text: str | None) -> str:
 
 def split_sentences(text: str) -> list[str]:
     """Split normalised text into sentences, each padded with one space at both ends."""
-    return [f" {s.strip()} " for s in _SPLIT.split(text) if s.strip()]
+    return [f" {s.strip()} " for s in SENTENCE_BOUNDARY.split(text) if s.strip()]
 
 
 def _mask(text: str, spans: Iterable[tuple[int, int]]) -> str:
@@ -577,12 +579,12 @@ def _label_text(text: str, labels: dict[str, float]) -> None:
     masked = _mask(joined, fixed) if fixed else joined
 
     mentions: list[tuple[int, int, str]] = []
-    for obs, pattern in _MENTION_RE.items():
+    for obs, pattern in MENTION_PATTERNS.items():
         spans = [(m.start(), m.end()) for m in pattern.finditer(masked)]
         if not spans:
             continue
-        if obs in _UNMENTION_RE:
-            bad = [(m.start(), m.end()) for m in _UNMENTION_RE[obs].finditer(masked)]
+        if obs in UNMENTION_PATTERNS:
+            bad = [(m.start(), m.end()) for m in UNMENTION_PATTERNS[obs].finditer(masked)]
             spans = [s for s in spans if not any(a <= s[0] and s[1] <= b for a, b in bad)]
         mentions.extend((a, b, obs) for a, b in spans)
     if not mentions:

@@ -64,7 +64,11 @@ class GeneratorOutput:
 
 
 def finding_targets(labels: torch.Tensor) -> torch.Tensor:
-    """CheXpert values -> binary targets: positive or uncertain = 1; negative or not mentioned = 0."""
+    """CheXpert values -> binary targets: positive or uncertain = 1; negative or not mentioned = 0.
+
+    The tensor form of `rrglib.metrics.clinical.binarize(..., uncertain_positive=True)`, the
+    evaluation convention (a test keeps the two equal).
+    """
     return ((labels == 1) | (labels == -1)).float()
 
 

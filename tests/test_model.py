@@ -348,3 +348,17 @@ def test_unknown_normalisation_choices_are_named():
     cfg = smoke_model_config(aux_loss_weight=1.0, aux_norm="instance")
     with pytest.raises(ValueError, match="aux_norm"):
         ReportGenerator(cfg)
+
+
+def test_finding_targets_follow_the_evaluation_convention():
+    import numpy as np
+    import pandas as pd
+
+    from rrglib.config import CHEXPERT_OBSERVATIONS
+    from rrglib.metrics.clinical import binarize
+    from rrglib.model import finding_targets
+    values = np.array([[1.0, 0.0, -1.0, np.nan] * 4][0][:14]).reshape(1, 14).repeat(3, 0)
+    values[1] = np.roll(values[1], 1)
+    values[2] = np.nan
+    frame = pd.DataFrame(values, columns=list(CHEXPERT_OBSERVATIONS))
+    assert np.array_equal(finding_targets(torch.tensor(values)).numpy().astype(bool), binarize(frame))

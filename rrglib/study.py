@@ -45,9 +45,10 @@ kernelspec for sys.executable under <work_dir>/.jupyter, found through JUPYTER_P
 Notebooks run with cwd = root. With `--jobs N` runs go to N spawned worker processes;
 the parent alone writes manifest.json, atomically, at every step start and end.
 
-Reruns: a step's config hash covers the notebook file, its parameters (not `num_threads`,
-which only sets speed; `runs` only for `after` steps, so adding a run redoes only the
-summary) and its config (YAML with overrides applied). A step executes again when it never
+Reruns: a step's config hash covers the notebook file, the parameters its `parameters` cell
+declares (so a study parameter only one notebook reads reruns only that notebook and what
+follows it; not `num_threads`, which only sets speed; `runs` only for `after` steps, so
+adding a run redoes only the summary) and its config (YAML with overrides applied). A step executes again when it never
 finished, its hash changed, its executed notebook is missing, it is forced (`--force`:
 everything; `--force NAME`: the runs, step keys like `frozen/30_evaluate`, or notebooks
 named), or a step it depends on executes again (the previous step of its run; for the first
@@ -60,6 +61,7 @@ is done. Steps planned but not reached after a failure are marked `skipped`.
 from __future__ import annotations
 
 import argparse
+import ast
 import concurrent.futures
 import contextlib
 import datetime as dt
@@ -306,6 +308,29 @@ def _config_digest(root: Path, config: str | None, overrides: list[str]) -> str:
     return _digest(json.dumps(data, sort_keys=True, default=str).encode())
 
 
+def declared_parameters(notebook: Path) -> set[str] | None:
+    """Names the notebook's `parameters` cell assigns; None if it has no such cell."""
+    cells = json.loads(notebook.read_text()).get("cells", [])
+    for cell in cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell.get("source", []))
+            names: set[str] = set()
+            for node in ast.parse(source).body:
+                targets = node.targets if isinstance(node, ast.Assign) else (
+                    [node.target] if isinstance(node, ast.AnnAssign) else [])
+                names.update(t.id for t in targets if isinstance(t, ast.Name))
+            return names
+    return None
+
+
+def _parameters_digest(params: dict[str, Any], declared: set[str] | None, phase: str) -> str:
+    # Adding a run must not invalidate the others: only `after` steps depend on the run list.
+    unhashed = set(EXECUTION_ONLY_PARAMETERS) | ({"runs"} if phase != "after" else set())
+    hashed = {k: v for k, v in params.items()
+              if k not in unhashed and (declared is None or k in declared)}
+    return _digest(json.dumps(hashed, sort_keys=True, default=str).encode())
+
+
 def _num_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
@@ -333,12 +358,9 @@ def _make_step(
         **merged,
     }
     notebook = spec.notebooks_dir / f"{nb}.ipynb"
-    # Adding a run must not invalidate the others: only `after` steps depend on the run list.
-    unhashed = set(EXECUTION_ONLY_PARAMETERS) | ({"runs"} if phase != "after" else set())
-    hashed = {k: v for k, v in params.items() if k not in unhashed}
     hashes = {
         "notebook": _digest(notebook.read_bytes()),
-        "parameters": _digest(json.dumps(hashed, sort_keys=True, default=str).encode()),
+        "parameters": _parameters_digest(params, declared_parameters(notebook), phase),
         "config": _config_digest(root, config, overrides),
     }
     return Step(
@@ -416,7 +438,11 @@ def _decide(
         return "run", "not run yet"
     if rec.get("status") != "done":
         return "run", f"last status: {rec.get('status')}"
-    changed = [k for k, v in step.hashes.items() if rec.get("hashes", {}).get(k) != v]
+    recorded = dict(rec.get("hashes", {}))
+    if isinstance(rec.get("parameters"), dict):  # judged by what the notebook declares now
+        recorded["parameters"] = _parameters_digest(
+            rec["parameters"], declared_parameters(step.notebook), step.phase)
+    changed = [k for k, v in step.hashes.items() if recorded.get(k) != v]
     if changed:
         return "run", f"{'/'.join(changed)} changed"
     for key in step.upstream:

@@ -33,10 +33,10 @@ got["cwd"] = os.getcwd()
 """
 
 
-def write_notebook(path: Path, name: str, extra_code: str = "") -> None:
+def write_notebook(path: Path, name: str, extra_code: str = "", declare: str = "") -> None:
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell(
-        "study_dir = None\nrun_name = None\nrun_dir = None\nlr = 0.1\nfail = False"
+        "study_dir = None\nrun_name = None\nrun_dir = None\nlr = 0.1\nfail = False" + declare
     )
     params.metadata["tags"] = ["parameters"]
     nb.cells = [
@@ -274,3 +274,21 @@ def test_repo_notebooks_are_clean():
         )
         for c in code:
             assert not c.outputs and c.execution_count is None, f"{path.name}: clear outputs"
+
+
+def test_a_parameter_reruns_only_the_notebooks_that_declare_it(tmp_path):
+    spec = dict(BASE, parameters=dict(BASE["parameters"], check_n=4), per_run=["20_train", "30_check"])
+    spec_path = make_repo(tmp_path, spec)
+    write_notebook(tmp_path / "notebooks/30_check.ipynb", "30_check", declare="\ncheck_n: int = 2")
+    assert study.declared_parameters(tmp_path / "notebooks/30_check.ipynb") == {
+        "study_dir", "run_name", "run_dir", "lr", "fail", "check_n"}
+    run(spec_path)
+    first = len(calls(tmp_path))
+    spec["parameters"]["check_n"] = 8
+    spec_path.write_text(yaml.safe_dump(spec))
+    steps = {s.key: s for s in study.plan(study.load_spec(spec_path))}
+    assert steps["a/20_train"].action == "skip" and steps["10_prep"].action == "skip"
+    assert steps["a/30_check"].action == "run" and steps["a/30_check"].reason == "parameters changed"
+    assert steps["90_summary"].action == "run"
+    run(spec_path)
+    assert sorted(calls(tmp_path)[first:]) == ["30_check:a", "30_check:b", "90_summary:None"]

@@ -56,6 +56,9 @@ run step the last `before` step; for `after` steps every run's last step). So a 
 reruns everything after it, and a failed study resumes at the failed step. `--only RUN`
 executes only those runs (and stale study-level steps); `after` steps wait until every run
 is done. Steps planned but not reached after a failure are marked `skipped`.
+The manifest names the checkout it was executed in (an id in `<work_dir>/.study-workspace`):
+in another checkout, such as a fresh clone holding the committed results but none of the
+checkpoints, every step executes again.
 """
 
 from __future__ import annotations
@@ -378,6 +381,27 @@ def _make_step(
     )
 
 
+WORKSPACE_FILE = ".study-workspace"
+
+
+def read_workspace(work_dir: Path) -> str | None:
+    """The id of the checkout whose <work_dir> holds this study's checkpoints (None if absent)."""
+    path = Path(work_dir) / WORKSPACE_FILE
+    return path.read_text().strip() or None if path.is_file() else None
+
+
+def _ensure_workspace(work_dir: Path) -> str:
+    # The manifest (committed with the results) names the workspace it was executed in; a fresh
+    # clone has no <work_dir>, so its first `run` executes the whole study instead of skipping
+    # steps whose checkpoints it does not have.
+    current = read_workspace(work_dir)
+    if current is None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        current = uuid.uuid4().hex
+        (work_dir / WORKSPACE_FILE).write_text(current + "\n")
+    return current
+
+
 def plan(
     spec: StudySpec,
     manifest: Manifest | None = None,
@@ -412,8 +436,15 @@ def plan(
         prev = [steps[-1].key]
 
     by_key = {s.key: s for s in steps}
+    records = manifest.steps
+    foreign = bool(records) and manifest.data.get("workspace") != read_workspace(spec.work_dir)
     for step in steps:
-        step.action, step.reason = _decide(step, by_key, manifest.steps, force)
+        if foreign:
+            step.action, step.reason = "run", (
+                f"results come from another checkout ({_rel(spec.work_dir, spec.root)} with its "
+                "checkpoints is not this one's)")
+            continue
+        step.action, step.reason = _decide(step, by_key, records, force)
         if (
             step.action == "run"
             and only is not None
@@ -818,10 +849,12 @@ def _run_study(
         )
         return manifest
 
-    # Forget steps no longer in the spec, keep plan order so the file reads top to bottom.
-    old = manifest.steps
+    # Forget steps no longer in the spec, keep plan order so the file reads top to bottom;
+    # records of another checkout's execution are forgotten as a whole (all of it reruns here).
+    old = manifest.steps if manifest.data.get("workspace") == read_workspace(spec.work_dir) else {}
     manifest.data["steps"] = {s.key: old[s.key] for s in steps if s.key in old}
-    manifest.data.update(study=spec.name, spec=_rel(spec.path, spec.root))
+    manifest.data.update(study=spec.name, spec=_rel(spec.path, spec.root),
+                         workspace=_ensure_workspace(spec.work_dir))
     skipped = len(steps) - len(todo)
     out(
         f"study {spec.name}: {len(todo)} step(s) to run, {skipped} up to date or held"

@@ -292,3 +292,23 @@ def test_a_parameter_reruns_only_the_notebooks_that_declare_it(tmp_path):
     assert steps["90_summary"].action == "run"
     run(spec_path)
     assert sorted(calls(tmp_path)[first:]) == ["30_check:a", "30_check:b", "90_summary:None"]
+
+
+def test_a_fresh_checkout_reruns_the_committed_study(tmp_path):
+    import shutil
+
+    spec_path = make_repo(tmp_path, BASE)
+    run(spec_path)
+    assert len(calls(tmp_path)) == 4
+    spec = study.load_spec(spec_path)
+    first = study.Manifest.load(spec.manifest_path).data["workspace"]
+    assert first == study.read_workspace(spec.work_dir)
+    assert all(s.action == "skip" for s in study.plan(spec))
+    shutil.rmtree(tmp_path / "runs")  # what a clone of the repository looks like: results, no runs/
+    steps = study.plan(study.load_spec(spec_path))
+    assert all(s.action == "run" and "another checkout" in s.reason for s in steps)
+    run(spec_path)
+    assert len(calls(tmp_path)) == 8
+    again = study.Manifest.load(spec.manifest_path).data["workspace"]
+    assert again != first and again == study.read_workspace(spec.work_dir)
+    assert all(s.action == "skip" for s in study.plan(study.load_spec(spec_path)))

@@ -48,8 +48,8 @@ the parent alone writes manifest.json, atomically, at every step start and end.
 Reruns: a step's config hash covers the notebook file, the parameters its `parameters` cell
 declares (so a study parameter only one notebook reads reruns only that notebook and what
 follows it; not `num_threads`, which only sets speed; `runs` only for `after` steps, so
-adding a run redoes only the summary) and its config (YAML with overrides applied). A step executes again when it never
-finished, its hash changed, its executed notebook is missing, it is forced (`--force`:
+adding a run redoes only the summary) and its config (YAML with overrides applied). A step
+executes again when it never finished, its hash changed, its executed notebook is missing, it is forced (`--force`:
 everything; `--force NAME`: the runs, step keys like `frozen/30_evaluate`, or notebooks
 named), or a step it depends on executes again (the previous step of its run; for the first
 run step the last `before` step; for `after` steps every run's last step). So a change
@@ -402,6 +402,11 @@ def _ensure_workspace(work_dir: Path) -> str:
     return current
 
 
+def from_another_checkout(spec: StudySpec, manifest: Manifest) -> bool:
+    """True when the manifest's records were executed in a checkout other than this one."""
+    return bool(manifest.steps) and manifest.data.get("workspace") != read_workspace(spec.work_dir)
+
+
 def plan(
     spec: StudySpec,
     manifest: Manifest | None = None,
@@ -436,15 +441,14 @@ def plan(
         prev = [steps[-1].key]
 
     by_key = {s.key: s for s in steps}
-    records = manifest.steps
-    foreign = bool(records) and manifest.data.get("workspace") != read_workspace(spec.work_dir)
+    foreign = from_another_checkout(spec, manifest)
     for step in steps:
         if foreign:
             step.action, step.reason = "run", (
                 f"results come from another checkout ({_rel(spec.work_dir, spec.root)} with its "
                 "checkpoints is not this one's)")
-            continue
-        step.action, step.reason = _decide(step, by_key, records, force)
+        else:
+            step.action, step.reason = _decide(step, by_key, manifest.steps, force)
         if (
             step.action == "run"
             and only is not None
@@ -851,7 +855,7 @@ def _run_study(
 
     # Forget steps no longer in the spec, keep plan order so the file reads top to bottom;
     # records of another checkout's execution are forgotten as a whole (all of it reruns here).
-    old = manifest.steps if manifest.data.get("workspace") == read_workspace(spec.work_dir) else {}
+    old = {} if from_another_checkout(spec, manifest) else manifest.steps
     manifest.data["steps"] = {s.key: old[s.key] for s in steps if s.key in old}
     manifest.data.update(study=spec.name, spec=_rel(spec.path, spec.root),
                          workspace=_ensure_workspace(spec.work_dir))

@@ -276,6 +276,23 @@ def test_repo_notebooks_are_clean():
             assert not c.outputs and c.execution_count is None, f"{path.name}: clear outputs"
 
 
+def test_repo_notebooks_declare_every_study_parameter_they_read():
+    # a step's rerun hash covers only declared parameters: an undeclared read would go stale
+    import ast
+
+    names = set(study.STANDARD_PARAMETERS)
+    for spec_path in (REPO / "configs").glob("study_*.yaml"):
+        names |= set(yaml.safe_load(spec_path.read_text()).get("parameters") or {})
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        used = set()
+        for c in nb.cells:
+            if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []):
+                used |= {n.id for n in ast.walk(ast.parse(c.source)) if isinstance(n, ast.Name)}
+        missing = (used & names) - study.declared_parameters(path)
+        assert not missing, f"{path.name} reads {sorted(missing)} without declaring them"
+
+
 def test_a_parameter_reruns_only_the_notebooks_that_declare_it(tmp_path):
     spec = dict(BASE, parameters=dict(BASE["parameters"], check_n=4), per_run=["20_train", "30_check"])
     spec_path = make_repo(tmp_path, spec)
@@ -307,6 +324,8 @@ def test_a_fresh_checkout_reruns_the_committed_study(tmp_path):
     shutil.rmtree(tmp_path / "runs")  # what a clone of the repository looks like: results, no runs/
     steps = study.plan(study.load_spec(spec_path))
     assert all(s.action == "run" and "another checkout" in s.reason for s in steps)
+    held = {s.key: s.action for s in study.plan(study.load_spec(spec_path), only=["a"])}
+    assert held["b/20_train"] == "hold" and held["a/20_train"] == "run"  # --only still applies
     run(spec_path)
     assert len(calls(tmp_path)) == 8
     again = study.Manifest.load(spec.manifest_path).data["workspace"]

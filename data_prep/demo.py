@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from data_prep.iu_xray import parse_reports, report_text
 from data_prep.synthcxr import Finding, Patient, draw_attributes, render, write_report
-from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.data import SPLITS, attach_labels, seeded_split, split_counts, write_manifest
 
 FINDING_NAMES = tuple(o for o in CHEXPERT_OBSERVATIONS if o != "No Finding")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.data import REQUIRED_COLUMNS, attach_labels, split_counts, write_manifest
 
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.evaluate import derangement  # the evaluation's grounding controls
 from rrglib.labeler import (
     MENTION_PATTERNS,

@@ -15,31 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
-# The 5-observation subset used by most report-generation papers.
-CHEXPERT_5: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Pleural Effusion",
-)
-
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 
 @dataclass
 class EncoderConfig:

@@ -16,6 +16,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .labels import is_positive
 from .config import ModelConfig, RunConfig, _build
 from .encoder import batchnorm_eval, build_encoder
 from .llm import add_lora, load_llm
@@ -69,7 +70,7 @@ def finding_targets(labels: torch.Tensor) -> torch.Tensor:
     The tensor form of `rrglib.metrics.clinical.binarize(..., uncertain_positive=True)`, the
     evaluation convention (a test keeps the two equal).
     """
-    return ((labels == 1) | (labels == -1)).float()
+    return is_positive(labels).float()
 
 
 class ReportGenerator(nn.Module):

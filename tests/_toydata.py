@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 
 SENTENCES = {
     (0, 0): "The heart size is normal. There is no pleural effusion.",

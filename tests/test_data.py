@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.data import (
     ImageLoadError,
     ManifestError,

@@ -13,7 +13,7 @@ import pytest
 
 from data_prep.demo import build, is_abnormal, sample_cases
 from data_prep.synthcxr import Finding, Patient, draw_attributes, render, write_report
-from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.data import load_manifest, seeded_split
 from rrglib.labeler import label_report
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.labeler import read_iu_xray_reports
 from rrglib.metrics import (
     NLG_KEYS,

@@ -354,7 +354,7 @@ def test_finding_targets_follow_the_evaluation_convention():
     import numpy as np
     import pandas as pd
 
-    from rrglib.config import CHEXPERT_OBSERVATIONS
+    from rrglib.labels import CHEXPERT_OBSERVATIONS
     from rrglib.metrics.clinical import binarize
     from rrglib.model import finding_targets
     values = np.array([[1.0, 0.0, -1.0, np.nan] * 4][0][:14]).reshape(1, 14).repeat(3, 0)

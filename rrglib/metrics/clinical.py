@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from rrglib.config import CHEXPERT_5, CHEXPERT_OBSERVATIONS
+from rrglib.labels import CHEXPERT_5, CHEXPERT_OBSERVATIONS, is_positive
 
 CONVENTIONS: dict[str, str] = {"": "positive or uncertain = 1", "-u0": "uncertain = 0"}
 SUBSETS: dict[str, tuple[str, ...]] = {"14": CHEXPERT_OBSERVATIONS, "5": CHEXPERT_5}
@@ -27,7 +27,7 @@ def binarize(labels: pd.DataFrame, uncertain_positive: bool = True) -> np.ndarra
     if missing:
         raise ValueError(f"label frame lacks columns {missing}; expected label_reports() output")
     values = labels[list(CHEXPERT_OBSERVATIONS)].to_numpy(dtype=float)
-    return (values == 1) | ((values == -1) & uncertain_positive)
+    return is_positive(values, uncertain_positive)
 
 
 def confusion_counts(reference: pd.DataFrame, generated: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rrglib.config import CHEXPERT_OBSERVATIONS
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.metrics.clinical import CONVENTIONS, ce_from_counts, clinical_efficacy, confusion_counts
 from rrglib.metrics.nlg import NLG_KEYS, bleu_from_sums, nlg_pair_stats
 

@@ -12,7 +12,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -23,6 +23,9 @@ from torch.utils.data import Dataset
 
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 
+if TYPE_CHECKING:
+    from rrglib.config import RunConfig
+
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "id",
     "split",
@@ -32,13 +35,15 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "report",
 )
 SPLITS: tuple[str, ...] = ("train", "validate", "test")
-# Further views of a study go in columns whose names start with this prefix (may be blank).
-EXTRA_VIEW_PREFIX = "image_path_"
 LABEL_VALUES: tuple[float, ...] = (1.0, 0.0, -1.0)
 MANIFEST_NAME = "manifest.csv"
 META_NAME = "manifest.meta.json"
 # Text columns are read as strings so that ids such as "00012" or "1e5" survive the CSV.
 _TEXT_COLUMNS = ("id", "split", "image_path", "findings", "impression", "report")
+# What a missing value becomes when a table passes through pandas or a spreadsheet.
+PLACEHOLDER_TEXTS = frozenset({"nan", "none", "null", "n/a", "na"})
+# Below this many pixels a side there is no anatomy left to see (encoders take 224 px).
+MIN_IMAGE_SIDE = 16
 
 
 class ManifestError(ValueError):
@@ -58,15 +63,142 @@ def _rows(ids: Sequence[Any], limit: int = 5) -> str:
     return ", ".join(ids[:limit]) + more
 
 
-def view_columns(df: pd.DataFrame) -> list[str]:
-    """The image path columns of a manifest: `image_path` first, then extra views."""
-    return ["image_path"] + sorted(c for c in df.columns if c.startswith(EXTRA_VIEW_PREFIX))
+def _check_ids_and_splits(df: pd.DataFrame, source: str) -> None:
+    ids = df["id"].str.strip()
+    if (ids == "").any():
+        rows = [int(i) + 2 for i in np.flatnonzero(ids == "")]  # +2: header line, 1-based
+        raise ManifestError(
+            f"{source}: empty id on line(s) {_rows(rows)}; every study needs an id."
+        )
+    dup = ids[ids.duplicated(keep=False)]
+    if len(dup):
+        raise ManifestError(
+            f"{source}: duplicate id(s) {_rows(sorted(set(dup)))}; ids must be unique "
+            "(one row per study)."
+        )
+    bad_split = ~df["split"].isin(SPLITS)
+    if bad_split.any():
+        found = sorted(set(df.loc[bad_split, "split"]))
+        raise ManifestError(
+            f"{source}: unknown split value(s) {found!r} for id(s) "
+            f"{_rows(df.loc[bad_split, 'id'])}; use one of {', '.join(SPLITS)} "
+            "('val'/'valid' must be written 'validate')."
+        )
+
+
+def _check_reports(df: pd.DataFrame, source: str) -> None:
+    text = df["report"].str.strip()
+    empty = (text == "") | text.str.lower().isin(PLACEHOLDER_TEXTS)
+    if empty.any():
+        shown = [f"{sid} ({t!r})" for sid, t in zip(df.loc[empty, "id"], text[empty], strict=True)]
+        raise ManifestError(
+            f"{source}: empty target text in column 'report' for id(s) {_rows(shown)} "
+            "('nan'/'None' are what a missing value becomes in a spreadsheet); drop these "
+            "studies or fill their report."
+        )
+
+
+def _check_image_paths(df: pd.DataFrame, root: Path, source: str, check_images: bool) -> None:
+    paths = df["image_path"].str.strip()
+    if (paths == "").any():
+        raise ManifestError(
+            f"{source}: empty image_path for id(s) {_rows(df.loc[paths == '', 'id'])}."
+        )
+    escaping, absent, present = [], [], []
+    for sid, rel in zip(df["id"], paths, strict=True):
+        # Lexical check, not resolve(): an images folder may be a symlink to elsewhere.
+        full = Path(os.path.normpath(root / rel))
+        if Path(rel).is_absolute() or not full.is_relative_to(root):
+            escaping.append(f"{sid} ({rel})")
+        elif check_images and not full.is_file():
+            absent.append(f"{sid} ({rel})")
+        else:
+            present.append((sid, full))
+    if escaping:
+        raise ManifestError(
+            f"{source}: column image_path has path(s) outside the dataset root {root}: "
+            f"{_rows(escaping)}; image paths must be relative to the manifest's folder "
+            "and stay inside it (move or link the images under it)."
+        )
+    if absent:
+        raise ManifestError(
+            f"{source}: column image_path names {len(absent)} image(s) that do not exist under "
+            f"{root}: {_rows(absent)}; check that the images were extracted there, or "
+            "rebuild the manifest."
+        )
+    if check_images:
+        _check_image_headers(present, source)
+
+
+def image_header_problem(path: Path) -> str | None:
+    """Why an image file cannot serve as a study image (reading its header only), or None."""
+    if path.stat().st_size == 0:
+        return "empty file"
+    if _is_dicom(path):
+        return None  # decoding needs pydicom; a broken DICOM is named when first read
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        return f"not a readable image ({err})"
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return f"{width}x{height} px, smaller than {MIN_IMAGE_SIDE} px a side"
+    return None
+
+
+def _check_image_headers(images: list[tuple[str, Path]], source: str) -> None:
+    """A fast pass over the image headers, so a bad file fails the run before the model loads."""
+    bad = []
+    for sid, path in images:
+        problem = image_header_problem(path)
+        if problem:
+            bad.append(f"{sid} ({path}: {problem})")
+    if bad:
+        raise ManifestError(
+            f"{source}: {len(bad)} image(s) cannot be used: {_rows(bad, 3)}; re-extract or "
+            "re-download these files, or drop their rows from the manifest."
+        )
+
+
+def _norm_text(texts: pd.Series) -> pd.Series:
+    return texts.str.lower().str.split().str.join(" ")
+
+
+def _check_overlap(df: pd.DataFrame, source: str, allow_overlap: bool) -> int:
+    """Raise when one image is in two splits; return how many test reports occur in train."""
+    paths = df["image_path"].str.strip().map(os.path.normpath)
+    n_splits = df.groupby(paths)["split"].transform("nunique")
+    shared = n_splits > 1
+    if shared.any() and not allow_overlap:
+        shown = [f"{sid}={sp} ({p})" for sid, sp, p in
+                 zip(df.loc[shared, "id"], df.loc[shared, "split"], paths[shared], strict=True)]
+        raise ManifestError(
+            f"{source}: {int(shared.sum())} row(s) share an image with a row of another split: "
+            f"{_rows(shown, 4)}; the test score would measure memory, not generation. Put all "
+            "rows of one image in one split (split by study or patient), or pass "
+            "allow_overlap=True if this is intended."
+        )
+    # Identical report text across splits is common and legitimate (normal studies read
+    # alike), so it is counted for the data notebook, not refused.
+    train_reports = set(_norm_text(df.loc[df["split"] == "train", "report"]))
+    test = df["split"] == "test"
+    return int(_norm_text(df.loc[test, "report"]).isin(train_reports).sum())
 
 
 def validate_manifest(
-    df: pd.DataFrame, root: str | Path, source: str = "<manifest>", check_images: bool = True
+    df: pd.DataFrame,
+    root: str | Path,
+    source: str = "<manifest>",
+    check_images: bool = True,
+    allow_overlap: bool = False,
 ) -> pd.DataFrame:
-    """Check a manifest table and return it with labels as floats; raise ManifestError."""
+    """Check a manifest table and return it with labels as floats; raise ManifestError.
+
+    With `check_images`, every image must exist and have a readable header of at least
+    MIN_IMAGE_SIDE px. `attrs["test_reports_in_train"]` counts test reports whose text also
+    occurs in train. Only `image_path` is read: the method sees one frontal view per study,
+    as in the paper, so further view columns are carried along unread.
+    """
     root = Path(root).resolve()
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
@@ -78,65 +210,10 @@ def validate_manifest(
     df = df.copy()
     for col in _TEXT_COLUMNS:
         df[col] = df[col].fillna("").astype(str)
-
-    ids = df["id"].str.strip()
-    if (ids == "").any():
-        rows = [int(i) + 2 for i in np.flatnonzero(ids == "")]  # +2: header line, 1-based
-        raise ManifestError(
-            f"{source}: empty id on line(s) {_rows(rows)}; every study needs an id."
-        )
-    dup = ids[ids.duplicated(keep=False)]
-    if len(dup):
-        raise ManifestError(
-            f"{source}: duplicate id(s) {_rows(sorted(set(dup)))}; ids must be unique "
-            "(one row per study; put further views in image_path_* columns)."
-        )
-
-    bad_split = ~df["split"].isin(SPLITS)
-    if bad_split.any():
-        found = sorted(set(df.loc[bad_split, "split"]))
-        raise ManifestError(
-            f"{source}: unknown split value(s) {found!r} for id(s) "
-            f"{_rows(df.loc[bad_split, 'id'])}; use one of {', '.join(SPLITS)} "
-            "('val'/'valid' must be written 'validate')."
-        )
-
-    empty = df["report"].str.strip() == ""
-    if empty.any():
-        raise ManifestError(
-            f"{source}: empty target text in column 'report' for id(s) "
-            f"{_rows(df.loc[empty, 'id'])}; drop these studies or fill their report."
-        )
-
-    for col in view_columns(df):
-        paths = df[col].fillna("").astype(str).str.strip()
-        if col == "image_path" and (paths == "").any():
-            raise ManifestError(
-                f"{source}: empty image_path for id(s) {_rows(df.loc[paths == '', 'id'])}."
-            )
-        escaping, absent = [], []
-        for sid, rel in zip(df["id"], paths, strict=True):
-            if not rel:
-                continue
-            # Lexical check, not resolve(): an images folder may be a symlink to elsewhere.
-            full = Path(os.path.normpath(root / rel))
-            if Path(rel).is_absolute() or not full.is_relative_to(root):
-                escaping.append(f"{sid} ({rel})")
-            elif check_images and not full.is_file():
-                absent.append(f"{sid} ({rel})")
-        if escaping:
-            raise ManifestError(
-                f"{source}: column {col} has path(s) outside the dataset root {root}: "
-                f"{_rows(escaping)}; image paths must be relative to the manifest's folder "
-                "and stay inside it (move or link the images under it)."
-            )
-        if absent:
-            raise ManifestError(
-                f"{source}: column {col} names {len(absent)} image(s) that do not exist under "
-                f"{root}: {_rows(absent)}; check that the images were extracted there, or "
-                "rebuild the manifest."
-            )
-
+    _check_ids_and_splits(df, source)
+    _check_reports(df, source)
+    _check_image_paths(df, root, source, check_images)
+    overlap = _check_overlap(df, source, allow_overlap)
     for col in [c for c in CHEXPERT_OBSERVATIONS if c in df.columns]:
         values = pd.to_numeric(df[col], errors="coerce")
         raw = df[col]
@@ -149,10 +226,13 @@ def validate_manifest(
                 f"{_rows(shown)}; write positive 1, negative 0, uncertain -1, not mentioned blank."
             )
         df[col] = values.astype(float)
+    df.attrs["test_reports_in_train"] = overlap
     return df
 
 
-def load_manifest(path: str | Path, check_images: bool = True) -> pd.DataFrame:
+def load_manifest(
+    path: str | Path, check_images: bool = True, allow_overlap: bool = False
+) -> pd.DataFrame:
     """Read and validate `manifest.csv` (or a folder holding one); raises ManifestError."""
     path = Path(path)
     if path.is_dir():
@@ -162,6 +242,11 @@ def load_manifest(path: str | Path, check_images: bool = True) -> pd.DataFrame:
             f"manifest {path} does not exist; build one first, e.g. "
             "`python -m data_prep.demo --out data/demo`."
         )
+    if path.stat().st_size == 0:
+        raise ManifestError(
+            f"{path}: the file is empty (0 bytes), probably from an interrupted build; "
+            "rebuild it with its data_prep builder."
+        )
     try:
         df = pd.read_csv(
             path,
@@ -169,9 +254,13 @@ def load_manifest(path: str | Path, check_images: bool = True) -> pd.DataFrame:
             keep_default_na=False,
             na_values={c: [""] for c in CHEXPERT_OBSERVATIONS},
         )
-    except (pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ManifestError(f"{path}: not a readable CSV ({err}).") from err
-    df = validate_manifest(df, path.parent, source=str(path), check_images=check_images)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ManifestError(
+            f"{path}: not a readable CSV ({err}); rebuild it with its data_prep builder."
+        ) from err
+    df = validate_manifest(
+        df, path.parent, source=str(path), check_images=check_images, allow_overlap=allow_overlap
+    )
     df.attrs["root"] = str(path.parent.resolve())
     df.attrs["source"] = str(path)
     return df
@@ -294,42 +383,21 @@ def read_image_array(path: str | Path) -> np.ndarray:
 
 
 def to_tensor(
-    arr: np.ndarray,
-    image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    rng: np.random.Generator | None = None,
+    arr: np.ndarray, image_size: int, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
     """Resize the shorter side, center crop, replicate gray to 3 channels and normalise.
 
-    With `rng`, a mild random scale/shift/rotation and exposure jitter is applied. No
-    horizontal flip: it would swap the patient's left and right that the report names.
+    No augmentation: the paper trains on the plain frontal image, and a horizontal flip
+    would even swap the patient's left and right that the report names.
     """
     t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
     t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
     h, w = t.shape[-2:]
-    target = image_size * (float(rng.uniform(1.0, 1.1)) if rng is not None else 1.0)
-    scale = target / min(h, w)
+    scale = image_size / min(h, w)
     nh, nw = max(image_size, round(h * scale)), max(image_size, round(w * scale))
-    t = F.interpolate(t[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[
-        0
-    ]
-    if rng is not None:
-        top = int(rng.integers(0, nh - image_size + 1))
-        left = int(rng.integers(0, nw - image_size + 1))
-    else:
-        top, left = (nh - image_size) // 2, (nw - image_size) // 2
-    t = t[:, top : top + image_size, left : left + image_size]
-    if rng is not None:
-        from torchvision.transforms.functional import rotate
-
-        t = rotate(t, float(rng.uniform(-5, 5)), fill=[float(t.min())] * t.shape[0])
-        t = (
-            (t - t.mean()) * float(rng.uniform(0.9, 1.1))
-            + t.mean()
-            + float(rng.uniform(-0.05, 0.05))
-        )
-        t = t.clamp(0.0, 1.0)
+    t = F.interpolate(t[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (nh - image_size) // 2, (nw - image_size) // 2
+    t = t[0, :, top : top + image_size, left : left + image_size]
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
     m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
@@ -359,14 +427,14 @@ class ReportDataset(Dataset):
         std: Sequence[float],
         root: str | Path | None = None,
         label_columns: Sequence[str] = CHEXPERT_OBSERVATIONS,
-        augment: bool = False,
-        seed: int = 0,
         max_samples: int | None = None,
     ) -> None:
         if not isinstance(manifest, pd.DataFrame):
             manifest = load_manifest(manifest)
         if split is not None and split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"max_samples must be None (all) or >= 1, got {max_samples}")
         root = root if root is not None else manifest.attrs.get("root")
         if root is None:
             raise ValueError(
@@ -380,7 +448,6 @@ class ReportDataset(Dataset):
         self.split, self.image_size = split, image_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.label_columns = tuple(label_columns)
-        self.augment, self.seed, self.epoch = augment, seed, 0
         cols = [c for c in self.label_columns if c in self.df.columns]
         labels = np.full((len(self.df), len(self.label_columns)), np.nan, dtype=np.float32)
         for j, col in enumerate(self.label_columns):
@@ -391,26 +458,42 @@ class ReportDataset(Dataset):
     def __len__(self) -> int:
         return len(self.df)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Vary augmentation per epoch while keeping it reproducible."""
-        self.epoch = epoch
-
     def __getitem__(self, idx: int) -> dict[str, Any]:
         row = self.df.iloc[idx]
-        rng = np.random.default_rng([self.seed, self.epoch, idx]) if self.augment else None
-        image = to_tensor(
-            read_image_array(self.root / row["image_path"]),
-            self.image_size,
-            self.mean,
-            self.std,
-            rng=rng,
-        )
+        image = load_image(self.root / row["image_path"], self.image_size, self.mean, self.std)
         return {
             "id": str(row["id"]),
             "image": image,
             "report": str(row["report"]),
             "labels": self.labels[idx],
         }
+
+
+def dataset_for(
+    cfg: RunConfig,
+    split: str,
+    manifest: pd.DataFrame | None = None,
+    max_samples: int | None = None,
+) -> ReportDataset:
+    """The dataset of one split as a run config defines it (size, normalisation, sample cap).
+
+    `max_samples` overrides the config's cap (`max_train_samples` for train, else
+    `max_eval_samples`); pass `manifest` to reuse one already loaded.
+    """
+    from rrglib.encoder import ENCODERS  # the encoder's class holds its normalisation
+
+    enc = cfg.model.encoder
+    if enc.name not in ENCODERS:
+        raise ValueError(f"unknown encoder {enc.name!r}; choose one of {sorted(ENCODERS)}")
+    if manifest is None:
+        manifest = load_manifest(cfg.data.manifest)
+    if max_samples is None:
+        limit = cfg.data.max_train_samples if split == "train" else cfg.data.max_eval_samples
+        max_samples = limit
+    cls = ENCODERS[enc.name]
+    return ReportDataset(
+        manifest, split, enc.image_size, cls.mean, cls.std, max_samples=max_samples
+    )
 
 
 class ReportCollator:

@@ -407,7 +407,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
     np.random.seed(t.seed)
     model = ReportGenerator(cfg.model)
     enc = model.encoder
-    ds_args = dict(image_size=cfg.model.encoder.image_size, mean=enc.mean, std=enc.std, seed=t.seed)
+    ds_args = dict(image_size=cfg.model.encoder.image_size, mean=enc.mean, std=enc.std)
     train_ds = ReportDataset(manifest, "train", max_samples=cfg.data.max_train_samples, **ds_args)
     val_ds = ReportDataset(manifest, "validate", max_samples=cfg.data.max_eval_samples, **ds_args)
     if len(train_ds) == 0 or len(val_ds) == 0:
@@ -481,7 +481,6 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
             accelerator.print(f"epoch {epoch}: stage 2, encoder unfrozen (lr {t.lr_encoder:g})")
         state["stage"] = stage
         use_features = train_batcher.features is not None and stage == 1
-        train_ds.set_epoch(epoch)
         batches = epoch_batches(len(train_ds), cfg.data.batch_size, t.seed, epoch, rank, world)
         start = state["batch"] if epoch == state["epoch"] else 0
         wrapped.train()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _toydata import make_toy_manifest
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.data import (
     ImageLoadError,
@@ -25,7 +26,8 @@ from rrglib.data import (
 )
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-REAL_CXR = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "real_cxr"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REAL_CXR = Path(__file__).resolve().parent / "fixtures" / "real_cxr"  # see its README
 
 
 def _gray(path: Path, size=(40, 30), value: int = 128) -> Path:
@@ -138,11 +140,12 @@ def test_image_escaping_root(tmp_path: Path, bad: str) -> None:
         load_manifest(_write_csv(root, df), check_images=False)
 
 
-def test_extra_view_column_checked(tmp_path: Path) -> None:
+def test_extra_view_columns_are_carried_unread(tmp_path: Path) -> None:
+    # one frontal view per study, as in the paper: a lateral column is data, not an input
     df = _manifest_df()
     df["image_path_lateral"] = ["", "images/s1.png", "images/missing.png"]
-    with pytest.raises(ManifestError, match=r"image_path_lateral.*s2"):
-        load_manifest(_write_csv(tmp_path, df))
+    out = load_manifest(_write_csv(tmp_path, df))
+    assert out["image_path_lateral"].tolist() == ["", "images/s1.png", "images/missing.png"]
 
 
 def test_empty_report(tmp_path: Path) -> None:
@@ -257,17 +260,6 @@ def test_dataset_and_collator(dataset_dir: Path) -> None:
     assert batch["report_input_ids"].shape == (2, 5) and "report_attention_mask" in batch
 
 
-def test_augment_is_seeded(dataset_dir: Path) -> None:
-    ds = ReportDataset(load_manifest(dataset_dir), None, 16, MEAN, STD, augment=True, seed=3)
-    a, b = ds[0]["image"], ds[0]["image"]
-    assert torch.equal(a, b)
-    ds.set_epoch(1)
-    assert not torch.equal(a, ds[0]["image"])
-
-
-@pytest.mark.skipif(
-    not REAL_CXR.is_dir(), reason="shared/fixtures/real_cxr not present in this checkout"
-)
 def test_real_nih_images_load(tmp_path: Path) -> None:
     import shutil
 
@@ -298,3 +290,22 @@ def test_seeded_split_proportions() -> None:
     a, b = seeded_split(keys, 1), seeded_split(keys, 1)
     assert a == b and a != seeded_split(keys, 2)
     assert (a.count("train"), a.count("validate"), a.count("test")) == (700, 100, 200)
+
+
+def test_dataset_for_builds_a_split_from_the_run_config(tmp_path: Path) -> None:
+    from rrglib.config import RunConfig
+    from rrglib.data import dataset_for
+    from rrglib.encoder import build_encoder
+
+    manifest = make_toy_manifest(tmp_path, n_train=6, n_val=2, n_test=3, size=32)
+    cfg = RunConfig.from_yaml(CONFIGS / "smoke.yaml", [f"data.manifest={manifest}"])
+    cfg.data.max_train_samples, cfg.data.max_eval_samples = 4, None
+    train, test = dataset_for(cfg, "train"), dataset_for(cfg, "test")
+    assert (len(train), len(test)) == (4, 3)
+    assert len(dataset_for(cfg, "test", max_samples=2)) == 2
+    enc = build_encoder(cfg.model.encoder)
+    assert (train.mean, train.std) == (tuple(enc.mean), tuple(enc.std))
+    size = cfg.model.encoder.image_size
+    assert train[0]["image"].shape == (3, size, size)
+    with pytest.raises(ValueError, match="max_samples"):
+        dataset_for(cfg, "test", max_samples=0)

@@ -27,13 +27,25 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from data_prep.common import LOCK_NAME, build_lock, fraction, int_at_least
 from data_prep.iu_xray import parse_reports, report_text
 from data_prep.synthcxr import Finding, Patient, draw_attributes, render, write_report
+from rrglib.data import (
+    META_NAME,
+    MIN_IMAGE_SIDE,
+    SPLITS,
+    attach_labels,
+    seeded_split,
+    split_counts,
+    write_manifest,
+)
 from rrglib.labels import CHEXPERT_OBSERVATIONS
-from rrglib.data import SPLITS, attach_labels, seeded_split, split_counts, write_manifest
 
 FINDING_NAMES = tuple(o for o in CHEXPERT_OBSERVATIONS if o != "No Finding")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+# Written first into every folder this builder renders into: only such a folder (or an
+# empty one) is ever written again, so a real dataset is never overwritten by mistake.
+OWNER_MARKER = ".synthcxr"
 
 
 def source_reports(reports_tgz: str | Path | None = None) -> pd.DataFrame:
@@ -170,6 +182,52 @@ def contact_sheet(df: pd.DataFrame, root: Path, path: Path, tile: int = 256) -> 
     return [str(r["id"]) for _, r in panels]
 
 
+def is_ours(out: Path) -> bool:
+    """True when out/ was created by this builder (marker, or the meta of an older build)."""
+    if (out / OWNER_MARKER).is_file():
+        return True
+    try:
+        return json.loads((out / META_NAME).read_text()).get("builder") == "data_prep.demo"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse a folder that holds anything not rendered by this builder; read-only."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder; choose another --out.")
+    if not out.is_dir() or is_ours(out):
+        foreign = []
+    else:
+        foreign = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME)
+    if foreign:
+        raise FileExistsError(
+            f"{out} is not empty and was not built by data_prep.demo (it holds "
+            f"{', '.join(foreign[:4])}{', ...' if len(foreign) > 4 else ''}); SynthCXR never "
+            "writes into another dataset. Choose an empty or new --out (e.g. data/demo)."
+        )
+    if (out / "images").is_symlink():
+        raise FileExistsError(
+            f"{out / 'images'} is a link to another folder (a real dataset's images); "
+            "SynthCXR never writes through it. Choose an empty or new --out."
+        )
+
+
+def check_options(n: int, image_size: int, positive_fraction: float | None,
+                  workers: int | None, text: str) -> None:
+    """Raise ValueError naming the option and its valid range."""
+    if text not in ("grammar", "iu"):
+        raise ValueError(f"--text must be grammar or iu, got {text!r}")
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    if image_size < MIN_IMAGE_SIDE:
+        raise ValueError(f"--image-size must be >= {MIN_IMAGE_SIDE}, got {image_size}")
+    if positive_fraction is not None and not 0.0 <= positive_fraction <= 1.0:
+        raise ValueError(f"--positive-fraction must be within [0, 1], got {positive_fraction}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+
+
 def build(
     out: str | Path,
     n: int = 3955,
@@ -182,13 +240,33 @@ def build(
     reports_tgz: str | Path | None = None,
     sources: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Render SynthCXR into out/ (images/, manifest.csv, manifest.meta.json, contact_sheet.png)."""
-    if text not in ("grammar", "iu"):
-        raise ValueError(f"--text must be grammar or iu, got {text!r}")
-    if positive_fraction is not None and not 0.0 <= positive_fraction <= 1.0:
-        raise ValueError(f"--positive-fraction must be within [0, 1], got {positive_fraction}")
-    start = time.perf_counter()
+    """Render SynthCXR into out/ (images/, manifest.csv, manifest.meta.json, contact_sheet.png).
+
+    out/ must be new, empty or an earlier SynthCXR build; one build at a time per folder.
+    """
+    check_options(n, image_size, positive_fraction, workers, text)
     out = Path(out)
+    check_output_dir(out)
+    with build_lock(out):
+        check_output_dir(out)  # again under the lock: another build may have just finished
+        (out / OWNER_MARKER).write_text("rendered by data_prep.demo\n")
+        return _render(out, n, seed, positive_fraction, oversample_rare, text, image_size,
+                       workers, reports_tgz, sources)
+
+
+def _render(
+    out: Path,
+    n: int,
+    seed: int,
+    positive_fraction: float | None,
+    oversample_rare: bool,
+    text: str,
+    image_size: int,
+    workers: int | None,
+    reports_tgz: str | Path | None,
+    sources: pd.DataFrame | None,
+) -> pd.DataFrame:
+    start = time.perf_counter()
     (out / "images").mkdir(parents=True, exist_ok=True)
     src = sources if sources is not None else source_reports(reports_tgz)
     splits = seeded_split(src["id"].tolist(), seed, SPLIT_FRACTIONS)
@@ -227,6 +305,7 @@ def build(
         "name": "SynthCXR (synthetic; not real radiographs)",
         "seed": seed,
         "options": {
+            "seed": seed,
             "n": n,
             "positive_fraction": positive_fraction,
             "oversample_rare": oversample_rare,
@@ -278,12 +357,13 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="data/demo")
     ap.add_argument(
-        "--n", type=int, default=3955, help="number of cases (default: one per IU report)"
+        "--n", type=int_at_least(1), default=3955,
+        help="number of cases (default: one per IU report)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--positive-fraction",
-        type=float,
+        type=fraction,
         default=None,
         help="fraction of cases with at least one finding (default: the real one)",
     )
@@ -291,9 +371,9 @@ def main(argv: list[str] | None = None) -> None:
         "--oversample-rare", action="store_true", help="oversample rare findings in train"
     )
     ap.add_argument("--text", choices=("grammar", "iu"), default="grammar")
-    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--image-size", type=int_at_least(MIN_IMAGE_SIDE), default=256)
     ap.add_argument(
-        "--workers", type=int, default=None, help="processes (default: CPU count, max 4)"
+        "--workers", type=int_at_least(1), default=None, help="processes (default: CPU count, max 4)"
     )
     ap.add_argument(
         "--reports-tgz", default=None, help="NLMCXR_reports.tgz (default: torchxrayvision's)"

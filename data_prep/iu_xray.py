@@ -21,7 +21,6 @@ import importlib.util
 import os
 import re
 import tarfile
-import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from data_prep.common import build_lock, extract, fetch, require_rows
 from rrglib.data import attach_labels, seeded_split, split_counts, write_manifest
 
 OPENI_BASE = "https://openi.nlm.nih.gov/imgs/collections"
@@ -128,31 +128,44 @@ def report_text(findings: str, impression: str, findings_only: bool) -> tuple[st
 def download(
     out: Path, base_url: str = OPENI_BASE, names: Iterable[str] = ARCHIVES
 ) -> dict[str, Path]:
-    """Fetch and unpack the official OpenI archives into out/raw; returns name -> path."""
+    """Fetch and unpack the official OpenI archives into out/raw; returns name -> path.
+
+    OpenI publishes no checksums: the sha256 of each first complete download is recorded in
+    out/raw/SHA256SUMS and checked on every later run. Both the download and the extraction
+    go to temporary names first, so an interrupted run is redone rather than half used.
+    """
     raw = out / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
-    got = {}
-    for name in names:
-        target = raw / name
-        if not target.is_file():
-            url = f"{base_url.rstrip('/')}/{name}"
-            print(f"downloading {url}")
-            try:
-                urllib.request.urlretrieve(url, target.with_suffix(".part"))
-            except OSError as err:
-                raise OSError(
-                    f"could not download {url}: {err}; get it by hand and pass its path"
-                ) from err
-            target.with_suffix(".part").rename(target)
-        got[name] = target
+    got = {name: fetch(f"{base_url.rstrip('/')}/{name}", raw / name) for name in names}
     png = got.get("NLMCXR_png.tgz")
     if png is not None:
-        dest = raw / "NLMCXR_png"
-        if not dest.is_dir():
-            with tarfile.open(png, "r:*") as tar:
-                tar.extractall(dest, filter="data")
-        got["NLMCXR_png"] = dest
+        got["NLMCXR_png"] = extract(png, raw / "NLMCXR_png")
     return got
+
+
+def check_out_outside(out: Path, images: Path) -> None:
+    """The original image folder is read-only to us: refuse an --out inside it."""
+    out = out.resolve()
+    if out == images or out.is_relative_to(images):
+        raise ValueError(
+            f"--out {out} is inside --images {images}; the builder never writes into the "
+            "original image folder. Choose an --out outside it (e.g. data/iu_xray)."
+        )
+
+
+def link_images(out: Path, images: Path) -> Path:
+    """out/images -> the user's image folder; nothing is ever written through this link."""
+    link = out / "images"
+    if link.is_symlink():
+        if link.resolve() == images:
+            return link
+        link.unlink()  # a link of an earlier build to another folder; the folder is untouched
+    elif link.exists():
+        raise FileExistsError(
+            f"{link} exists and is not a link to --images {images}; move it away or choose "
+            "another --out."
+        )
+    os.symlink(images, link, target_is_directory=True)
+    return link
 
 
 def build(
@@ -166,7 +179,24 @@ def build(
 ) -> pd.DataFrame:
     """Write the reports table (and, with images, manifest.csv + meta); returns the table."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if images is not None:
+        images = Path(images).resolve()
+        if not images.is_dir():
+            raise FileNotFoundError(f"--images {images} is not a folder (expected NLMCXR_png)")
+        check_out_outside(out, images)
+    with build_lock(out):
+        return _build(out, reports_tgz, images, seed, findings_only, labels, metadata_csv)
+
+
+def _build(
+    out: Path,
+    reports_tgz: str | Path | None,
+    images: Path | None,
+    seed: int,
+    findings_only: bool,
+    labels: bool,
+    metadata_csv: str | Path | None,
+) -> pd.DataFrame:
     tgz = Path(reports_tgz) if reports_tgz else default_reports_tgz()
     df = parse_reports(tgz)
     df["split"] = seeded_split(df["id"].tolist(), seed)
@@ -192,14 +222,11 @@ def build(
     if images is None:
         return df
 
-    images = Path(images).resolve()
-    if not images.is_dir():
-        raise FileNotFoundError(f"--images {images} is not a folder (expected NLMCXR_png)")
     index = {p.stem: p for p in images.rglob("*.png")}
+    require_rows(len(index), f"--images {images}", "the folder holds no .png files; pass the "
+                 "extracted NLMCXR_png folder (or use --download).")
     views = load_view_positions(metadata_csv)
-    link = out / "images"
-    if not link.exists():
-        os.symlink(images, link, target_is_directory=True)
+    link_images(out, images)
     chosen, rules = [], []
     for ids in df["image_ids"]:
         available = [i for i in ids.split(";") if i in index]
@@ -211,6 +238,8 @@ def build(
     no_img = df["image_path"] == ""
     dropped["no frontal image found"] = int(no_img.sum())
     df = df[~no_img].reset_index(drop=True)
+    require_rows(len(df), f"--images {images}", "none of its .png files is an image of these "
+                 "reports (file names must be the OpenI image ids, e.g. CXR1_1_IM-0001-3001.png).")
     meta = {
         "builder": "data_prep.iu_xray",
         "seed": seed,
@@ -245,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     tgz, images = args.reports_tgz, args.images
     if args.download:
-        got = download(out, args.download_url)
+        with build_lock(out):
+            got = download(out, args.download_url)
         tgz = tgz or got["NLMCXR_reports.tgz"]
         images = images or got.get("NLMCXR_png")
     build(

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from rrglib.labels import CHEXPERT_OBSERVATIONS
+from data_prep.common import build_lock, require_rows
 from rrglib.data import REQUIRED_COLUMNS, attach_labels, split_counts, write_manifest
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"
 METADATA_CSV = "mimic-cxr-2.0.0-metadata.csv.gz"
@@ -121,6 +122,13 @@ def build(
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     root, out = Path(root).resolve(), Path(out)
     reports = Path(reports).resolve() if reports else root
+    with build_lock(out):
+        return _build(root, out, reports, target, check_images, labels)
+
+
+def _build(
+    root: Path, out: Path, reports: Path, target: str, check_images: bool, labels: str
+) -> pd.DataFrame:
     split = _read_csv(root / SPLIT_CSV, "the official split")
     meta_df = _read_csv(root / METADATA_CSV, "the image metadata")
     images = split.merge(meta_df[["dicom_id", "ViewPosition"]], on="dicom_id", how="left")
@@ -182,6 +190,9 @@ def build(
         rows,
         columns=[*REQUIRED_COLUMNS, "subject_id", "study_id", "dicom_id", "view"],
     )
+    require_rows(len(df), f"MIMIC-CXR under {root}", "studies dropped: "
+                 f"{dict(sorted(dropped.items()))}; check --root (files/ and the csv.gz files) "
+                 "and --reports (files/pXX/.../sXXX.txt).")
 
     label_source = "none"
     chexpert = root / CHEXPERT_CSV
@@ -197,6 +208,8 @@ def build(
 
     out.mkdir(parents=True, exist_ok=True)
     link = out / "files"
+    if link.is_symlink() and link.resolve() != (root / "files").resolve():
+        link.unlink()  # an earlier build's link to another copy; the copy is untouched
     if (root / "files").is_dir() and not link.exists() and out.resolve() != root:
         os.symlink(root / "files", link, target_is_directory=True)
     meta = {

@@ -207,6 +207,11 @@ def validate_manifest(
             f"{', '.join(REQUIRED_COLUMNS)} (plus optional label columns). "
             "Rebuild it with one of the data_prep builders."
         )
+    if len(df) == 0:
+        raise ManifestError(
+            f"{source}: no studies (a header without rows); rebuild it with its data_prep "
+            "builder."
+        )
     df = df.copy()
     for col in _TEXT_COLUMNS:
         df[col] = df[col].fillna("").astype(str)

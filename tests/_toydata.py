@@ -52,3 +52,18 @@ def make_toy_manifest(root: Path, n_train: int = 32, n_val: int = 8, n_test: int
         df[c] = df[c].map(lambda v: "" if pd.isna(v) else str(int(v)))
     df.to_csv(root / "manifest.csv", index=False)
     return root / "manifest.csv"
+
+
+def toy_sources(n: int = 20) -> pd.DataFrame:
+    """A stand-in for the IU reports table SynthCXR draws from: half normal, half enlarged."""
+    rows = []
+    for i in range(n):
+        labels = {c: np.nan for c in CHEXPERT_OBSERVATIONS}
+        if i % 2:
+            labels["Cardiomegaly"] = 1.0
+        else:
+            labels["No Finding"] = 1.0
+        text = "The heart is enlarged." if i % 2 else "The heart size is normal."
+        rows.append({"id": f"CXR{i + 1}", "findings": text, "impression": "", "report": text,
+                     **labels})
+    return pd.DataFrame(rows)

@@ -9,10 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _toydata import make_toy_manifest
 from PIL import Image
 
-from _toydata import make_toy_manifest
-from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.data import (
     ImageLoadError,
     ManifestError,
@@ -24,6 +23,7 @@ from rrglib.data import (
     seeded_split,
     write_manifest,
 )
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -13,9 +13,9 @@ import pytest
 
 from data_prep.demo import build, is_abnormal, sample_cases
 from data_prep.synthcxr import Finding, Patient, draw_attributes, render, write_report
-from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.data import load_manifest, seeded_split
 from rrglib.labeler import label_report
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 
 S = 128
 FINDINGS = [o for o in CHEXPERT_OBSERVATIONS if o != "No Finding"]

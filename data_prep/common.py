@@ -176,6 +176,15 @@ def extract(archive: Path, dest: Path) -> Path:
     return dest
 
 
+@contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """In a builder's main(): a known failure exits with one line (rc 1), not a traceback."""
+    try:
+        yield
+    except (OSError, ValueError, BuildLockedError) as err:
+        raise SystemExit(f"{prog}: error: {err}") from None
+
+
 def require_rows(n: int, what: str, fix: str) -> None:
     """Stop a build that would write an empty manifest."""
     if n == 0:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from data_prep.common import LOCK_NAME, build_lock, fraction, int_at_least
+from data_prep.common import LOCK_NAME, build_lock, fraction, int_at_least, one_line_errors
 from data_prep.iu_xray import parse_reports, report_text
 from data_prep.synthcxr import Finding, Patient, draw_attributes, render, write_report
 from rrglib.data import (
@@ -379,17 +379,18 @@ def main(argv: list[str] | None = None) -> None:
         "--reports-tgz", default=None, help="NLMCXR_reports.tgz (default: torchxrayvision's)"
     )
     args = ap.parse_args(argv)
-    build(
-        args.out,
-        args.n,
-        args.seed,
-        args.positive_fraction,
-        args.oversample_rare,
-        args.text,
-        args.image_size,
-        args.workers,
-        args.reports_tgz,
-    )
+    with one_line_errors("data_prep.demo"):
+        build(
+            args.out,
+            args.n,
+            args.seed,
+            args.positive_fraction,
+            args.oversample_rare,
+            args.text,
+            args.image_size,
+            args.workers,
+            args.reports_tgz,
+        )
 
 
 if __name__ == "__main__":

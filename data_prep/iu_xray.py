@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from data_prep.common import build_lock, extract, fetch, require_rows
+from data_prep.common import build_lock, extract, fetch, one_line_errors, require_rows
 from rrglib.data import attach_labels, seeded_split, split_counts, write_manifest
 
 OPENI_BASE = "https://openi.nlm.nih.gov/imgs/collections"
@@ -273,19 +273,20 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = Path(args.out)
     tgz, images = args.reports_tgz, args.images
-    if args.download:
-        with build_lock(out):
-            got = download(out, args.download_url)
-        tgz = tgz or got["NLMCXR_reports.tgz"]
-        images = images or got.get("NLMCXR_png")
-    build(
-        out,
-        tgz,
-        images,
-        seed=args.seed,
-        findings_only=args.findings_only,
-        labels=not args.no_labels,
-    )
+    with one_line_errors("data_prep.iu_xray"):
+        if args.download:
+            with build_lock(out):
+                got = download(out, args.download_url)
+            tgz = tgz or got["NLMCXR_reports.tgz"]
+            images = images or got.get("NLMCXR_png")
+        build(
+            out,
+            tgz,
+            images,
+            seed=args.seed,
+            findings_only=args.findings_only,
+            labels=not args.no_labels,
+        )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep.common import build_lock, require_rows
+from data_prep.common import build_lock, one_line_errors, require_rows
 from rrglib.data import REQUIRED_COLUMNS, attach_labels, split_counts, write_manifest
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 
@@ -252,7 +252,9 @@ def main(argv: list[str] | None = None) -> None:
         help="auto: the chexpert csv when present, else our labeler",
     )
     args = ap.parse_args(argv)
-    build(args.root, args.out, args.reports, args.target, not args.no_check_images, args.labels)
+    with one_line_errors("data_prep.mimic_cxr"):
+        build(args.root, args.out, args.reports, args.target, not args.no_check_images,
+              args.labels)
 
 
 if __name__ == "__main__":

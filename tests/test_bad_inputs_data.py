@@ -235,6 +235,9 @@ def test_iu_empty_images_folder_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=rf"--images {empty}: 0 studies.*no .png files"):
         iu_xray.build(tmp_path / "out", _reports_tgz(tmp_path / "r.tgz"), empty, labels=False)
     assert not (tmp_path / "out" / "manifest.csv").exists()
+    with pytest.raises(SystemExit, match=r"^data_prep.iu_xray: error: --images .*0 studies"):
+        iu_xray.main(["--out", str(tmp_path / "out"), "--reports-tgz", str(tmp_path / "r.tgz"),
+                      "--images", str(empty), "--no-labels"])
     other = tmp_path / "other"
     other.mkdir()
     Image.new("L", (32, 32)).save(other / "unrelated.png")
@@ -307,6 +310,9 @@ def test_mimic_refuses_an_empty_manifest(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"0 studies.*report file missing.*--reports"):
         mimic_cxr.build(root, tmp_path / "out", check_images=False, labels="none")
     assert not (tmp_path / "out" / "manifest.csv").exists()
+    with pytest.raises(SystemExit, match=r"^data_prep.mimic_cxr: error: .*0 studies"):
+        mimic_cxr.main(["--root", str(root), "--out", str(tmp_path / "out"),
+                        "--no-check-images", "--labels", "none"])
 
 
 def test_real_radiograph_fixture_is_in_the_repository() -> None:

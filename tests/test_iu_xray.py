@@ -157,5 +157,5 @@ def test_download_from_file_url(tmp_path: Path, reports_tgz: Path) -> None:
 
 
 def test_download_error_is_clear(tmp_path: Path) -> None:
-    with pytest.raises(OSError, match="could not download .*NLMCXR_png.tgz"):
+    with pytest.raises(SystemExit, match="iu_xray: error: could not download .*NLMCXR_png.tgz"):
         main(["--out", str(tmp_path), "--download", "--download-url", (tmp_path / "none").as_uri()])

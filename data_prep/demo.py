@@ -246,9 +246,8 @@ def build(
     """
     check_options(n, image_size, positive_fraction, workers, text)
     out = Path(out)
-    check_output_dir(out)
+    check_output_dir(out)  # before the lock: not even a lock file goes into a foreign folder
     with build_lock(out):
-        check_output_dir(out)  # again under the lock: another build may have just finished
         (out / OWNER_MARKER).write_text("rendered by data_prep.demo\n")
         return _render(out, n, seed, positive_fraction, oversample_rare, text, image_size,
                        workers, reports_tgz, sources)

@@ -209,11 +209,12 @@ def _statement(h: Hypothesis, row: dict[str, Any], alpha: float, level: float) -
     sign = ">" if h.direction == "greater" else "<"
     text = (f"{row['verdict']}: predicted {h.arm_a} {sign} {h.arm_b} on {h.metric}; observed "
             f"{row['estimate']:+.4f} (mean over {row['seeds A']} vs {row['seeds B']} seeds; "
-            f"{level:.0%} two-level interval [{row['ci low']:+.4f}, {row['ci high']:+.4f}]), "
+            f"{level:.0%} interval over seeds and test set [{row['ci low']:+.4f}, {row['ci high']:+.4f}]), "
             f"Holm-adjusted p = {format_p(row['p Holm'])}")
     text += f" {'<' if row['p Holm'] < alpha else '>='} {alpha}"
     if row["verdict"] == VERDICTS[2]:
-        text += f"; this design detects {row['detectable at 80%']:.4f} with 80% power"
+        text += (f"; the smallest difference this design detects with 80% power is "
+                 f"{row['detectable at 80%']:.4f}")
     return text
 
 
@@ -225,8 +226,10 @@ def claims_table(hypotheses: Sequence[Hypothesis | Mapping[str, Any]],
 
     `runs` maps an arm to its per-seed StudyStats (>= 2 seeds; the design asks >= 3), all on
     the same test studies; `clusters` gives one source id per study. The family for Holm is
-    exactly `hypotheses`. The power column is the smallest difference detected with 80% power
-    at alpha / m, Holm's strictest step. `statement` is the full, untruncated sentence.
+    exactly `hypotheses`. "ci" is the t interval of the seed-level test (seed and test-set
+    variance; see rrglib.metrics.seeds for why not the bootstrap one, kept as "bootstrap").
+    The power column is the smallest difference detected with 80% power at alpha / m, Holm's
+    strictest step. `statement` is the full, untruncated sentence.
     """
     hyps = [h if isinstance(h, Hypothesis) else Hypothesis.from_dict(h) for h in hypotheses]
     absent = sorted({a for h in hyps for a in (h.arm_a, h.arm_b)} - set(runs))
@@ -243,6 +246,7 @@ def claims_table(hypotheses: Sequence[Hypothesis | Mapping[str, Any]],
                      "seeds A": len(c.scores_a), "seeds B": len(c.scores_b),
                      "mean A": mean_a, "sd A": sd_a, "mean B": mean_b, "sd B": sd_b,
                      "estimate": c.estimate, "ci low": c.ci[0], "ci high": c.ci[1],
+                     "bootstrap low": c.ci_bootstrap[0], "bootstrap high": c.ci_bootstrap[1],
                      "sd test set": c.sd_test, "t": c.test.t, "df": c.test.df, "p": c.p,
                      "detectable at 80%": c.mde})
     adjusted = holm([r["p"] for r in rows], alpha) if rows else []

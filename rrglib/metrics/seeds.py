@@ -8,6 +8,12 @@ A per-study bootstrap of one run covers only the second; the spread over seeds o
 set covers only the first. `bootstrap_replicates` resamples both (seeds, then test clusters) and
 `compare_arms` tests with a standard error that adds both (see `welch_two_level`).
 
+With few seeds the two-level percentile interval is too narrow: resampling 3 seeds shrinks their
+variance by 2/3 and normal-like quantiles ignore how uncertain a 3-seed sd is (measured in
+tests/test_stats.py: about 80% coverage for a nominal 95%). So the interval a claim cites is the
+t interval of the test itself (same variance terms, same degrees of freedom: it excludes 0
+exactly when p < 1 - level); the bootstrap interval is kept beside it.
+
 Pairing: both arms are scored on the same studies, so each bootstrap replicate draws one set of
 test clusters and scores every seed of both arms on it; study difficulty common to the arms then
 cancels in the difference, which is what a paired design buys.
@@ -112,10 +118,11 @@ def welch_two_level(scores_a: np.ndarray, scores_b: np.ndarray, var_test: float 
     can never reject at 0.05: Welch's t (normal seed scores, unequal variances) is used instead.
     The seeds' spread is measured on one fixed test set; `var_test`, the test-set variance of the
     difference of seed means (cluster bootstrap with seeds fixed), is added so the test covers
-    what the two-level interval covers. It is treated as known (it rests on many clusters), so
-    the Welch-Satterthwaite degrees of freedom come from the seed terms. With var_test = 0 this
-    is exactly scipy's Welch test. The seed variance on a fixed test set also holds some
-    seed-by-study noise, so the sum errs slightly on the conservative side.
+    what the two-level interval covers. The degrees of freedom stay Welch-Satterthwaite's for
+    the seed terms alone: a known extra variance would raise them and could lower p as variance
+    grows; keeping them makes p grow with var_test. With var_test = 0 this is exactly scipy's
+    Welch test. The seed variance on a fixed test set also holds some seed-by-study noise, so
+    the test errs slightly on the conservative side.
     """
     from scipy import stats as sps  # here, not at import: scipy.stats takes seconds to load
 
@@ -126,10 +133,19 @@ def welch_two_level(scores_a: np.ndarray, scores_b: np.ndarray, var_test: float 
     if var <= 0:  # no variance at any level: the difference is certain on this design
         return TTest(t=float("nan"), df=float("nan"), p=1.0 if diff == 0 else 0.0, se=0.0)
     denom = va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)
-    df = var**2 / denom if denom > 0 else float("inf")
+    df = (va + vb) ** 2 / denom if denom > 0 else float("inf")
     t = diff / np.sqrt(var)
     p = 2 * (sps.norm.sf(abs(t)) if np.isinf(df) else sps.t.sf(abs(t), df))
     return TTest(t=float(t), df=float(df), p=float(p), se=float(np.sqrt(var)))
+
+
+def t_interval(estimate: float, test: TTest, level: float = 0.95) -> tuple[float, float]:
+    """estimate +- t quantile (the test's df) * the test's standard error."""
+    from scipy import stats as sps
+
+    q = sps.norm.ppf(0.5 + level / 2) if np.isinf(test.df) or np.isnan(test.df) else sps.t.ppf(
+        0.5 + level / 2, test.df)
+    return float(estimate - q * test.se), float(estimate + q * test.se)
 
 
 def minimum_detectable_difference(
@@ -171,7 +187,8 @@ class SeedComparison:
     scores_a: np.ndarray  # one score per seed on the whole test set
     scores_b: np.ndarray
     estimate: float  # mean over A's seeds - mean over B's seeds
-    ci: tuple[float, float]  # two-level bootstrap (seeds, then test clusters)
+    ci: tuple[float, float]  # t interval: estimate +- t(df) * se of the test
+    ci_bootstrap: tuple[float, float]  # two-level percentile bootstrap (seeds, then test clusters)
     test: TTest
     sd_test: float  # test-set standard deviation of the estimate (seeds fixed)
     mde: float  # smallest difference detected at `power` (80%) by this design
@@ -192,7 +209,7 @@ def compare_arms(
     power_alpha: float = 0.05,
     power: float = 0.8,
 ) -> SeedComparison:
-    """Estimate, two-level interval, seed-level test and power of A - B on `metric`.
+    """Estimate, intervals, seed-level test and power of A - B on `metric`.
 
     The power's sd is the effective per-seed sd of this design, sqrt(V / (1/n_a + 1/n_b)) with V
     the test's variance (both seed terms and the test-set term); pass `power_alpha` = alpha / m
@@ -204,9 +221,11 @@ def compare_arms(
     var_test = float(fixed.var(ddof=1))
     test = welch_two_level(a, b, var_test)
     sd_eff = test.se / np.sqrt(1 / len(a) + 1 / len(b))
+    estimate = float(a.mean() - b.mean())
     return SeedComparison(
-        metric=metric, scores_a=a, scores_b=b, estimate=float(a.mean() - b.mean()),
-        ci=percentile_interval(both, level), test=test, sd_test=float(np.sqrt(var_test)),
+        metric=metric, scores_a=a, scores_b=b, estimate=estimate,
+        ci=t_interval(estimate, test, level), ci_bootstrap=percentile_interval(both, level),
+        test=test, sd_test=float(np.sqrt(var_test)),
         mde=minimum_detectable_difference(sd_eff, len(a), len(b), power_alpha, power),
     )
 
@@ -221,5 +240,6 @@ __all__ = [
     "minimum_detectable_difference",
     "percentile_interval",
     "seed_scores",
+    "t_interval",
     "welch_two_level",
 ]

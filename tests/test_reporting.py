@@ -20,6 +20,7 @@ from rrglib.reporting import (
     paper_beside_ours,
     paper_claims_table,
     paper_results_table,
+    seed_table,
     verdict,
 )
 
@@ -84,6 +85,20 @@ def test_claims_table_verdicts(arms) -> None:
     assert "detects with 80% power" in table.iloc[2]["statement"]
     assert h1["bootstrap low"] > 0 and table.iloc[2]["bootstrap low"] < 0 < table.iloc[2]["bootstrap high"]
     assert set(table["verdict"]) <= set(VERDICTS)
+
+
+def test_seed_table(arms) -> None:
+    table = seed_table({"good": arms["good"], "bad": arms["bad"]}, ["ROUGE-L", "BLEU-4"], n_boot=200)
+    assert table.shape[0] == 4 and (table["seeds"] == 3).all()
+    row = table[(table["arm"] == "good") & (table["metric"] == "ROUGE-L")].iloc[0]
+    scores = [r.point()["ROUGE-L"] for r in arms["good"]]
+    assert row["mean"] == pytest.approx(np.mean(scores)) and row["sd"] == pytest.approx(np.std(scores, ddof=1))
+    assert row["mean ± sd"] == f"{np.mean(scores):.3f} ± {np.std(scores, ddof=1):.3f}"
+    assert row["ci low"] < row["mean"] < row["ci high"]
+    assert row["bootstrap low"] < row["mean"] < row["bootstrap high"]
+    # the t interval is at least as wide as the seeds alone make it
+    half = (row["ci high"] - row["ci low"]) / 2
+    assert half >= 4.30 * row["sd"] / np.sqrt(3) - 1e-12  # t(2) 97.5% quantile = 4.303
 
 
 def test_claims_table_needs_every_arm(arms) -> None:

@@ -27,12 +27,14 @@ from rrglib.metrics.scoring import (
     score_reports,
 )
 from rrglib.metrics.seeds import (
+    ArmSummary,
     SeedComparison,
     bootstrap_replicates,
     compare_arms,
     holm,
     mean_sd,
     minimum_detectable_difference,
+    summarize_arm,
     welch_two_level,
 )
 
@@ -51,6 +53,7 @@ def load_evaluate_module(name: str, **kwargs: Any) -> Any:
 
 
 __all__ = [
+    "ArmSummary",
     "NLG_KEYS",
     "PRIMARY_METRIC",
     "SeedComparison",
@@ -73,6 +76,7 @@ __all__ = [
     "per_observation_table",
     "results_table",
     "score_reports",
+    "summarize_arm",
     "tokenize",
     "welch_two_level",
 ]

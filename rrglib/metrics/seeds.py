@@ -180,6 +180,40 @@ def holm(pvalues: Sequence[float], alpha: float = 0.05) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class ArmSummary:
+    """One arm on one metric across its seeds."""
+
+    metric: str
+    scores: np.ndarray  # one score per seed on the whole test set
+    mean: float
+    sd: float  # across seeds (ddof=1)
+    ci: tuple[float, float]  # mean +- t(n-1) * sqrt(sd^2 / n + test-set variance of the mean)
+    ci_bootstrap: tuple[float, float]  # two-level percentile bootstrap (seeds, then clusters)
+
+
+def summarize_arm(
+    runs: Sequence[StudyStats],
+    metric: str,
+    n_boot: int = 2000,
+    seed: int = 0,
+    clusters: Any = None,
+    level: float = 0.95,
+) -> ArmSummary:
+    """Mean +- sd across seeds and intervals that cover seed and test-set variance."""
+    from scipy import stats as sps
+
+    scores = seed_scores(runs, metric)
+    mean, sd = mean_sd(runs, metric)
+    both = bootstrap_replicates(runs, metric, None, n_boot, seed, clusters)
+    fixed = bootstrap_replicates(runs, metric, None, n_boot, seed + 1, clusters, resample_seeds=False)
+    se = np.sqrt(sd**2 / len(scores) + fixed.var(ddof=1))
+    q = sps.t.ppf(0.5 + level / 2, len(scores) - 1)
+    return ArmSummary(metric=metric, scores=scores, mean=mean, sd=sd,
+                      ci=(float(mean - q * se), float(mean + q * se)),
+                      ci_bootstrap=percentile_interval(both, level))
+
+
+@dataclass(frozen=True)
 class SeedComparison:
     """Arm A vs arm B on one metric, seeds as the unit (see `compare_arms`)."""
 
@@ -231,6 +265,7 @@ def compare_arms(
 
 
 __all__ = [
+    "ArmSummary",
     "SeedComparison",
     "TTest",
     "bootstrap_replicates",
@@ -240,6 +275,7 @@ __all__ = [
     "minimum_detectable_difference",
     "percentile_interval",
     "seed_scores",
+    "summarize_arm",
     "t_interval",
     "welch_two_level",
 ]

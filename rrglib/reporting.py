@@ -232,7 +232,8 @@ def _statement(h: Hypothesis, row: dict[str, Any], alpha: float, level: float) -
     sign = ">" if h.direction == "greater" else "<"
     text = (f"{row['verdict']}: predicted {h.arm_a} {sign} {h.arm_b} on {h.metric}; observed "
             f"{row['estimate']:+.4f} (mean over {row['seeds A']} vs {row['seeds B']} seeds; "
-            f"{level:.0%} interval over seeds and test set [{row['ci low']:+.4f}, {row['ci high']:+.4f}]), "
+            f"unadjusted {level:.0%} interval over seeds and test set "
+            f"[{row['ci low']:+.4f}, {row['ci high']:+.4f}]), "
             f"Holm-adjusted p = {format_p(row['p Holm'])}")
     text += f" {'<' if row['p Holm'] < alpha else '>='} {alpha}"
     if row["verdict"] == VERDICTS[2]:

@@ -16,7 +16,9 @@ exactly when p < 1 - level); the bootstrap interval is kept beside it.
 
 Pairing: both arms are scored on the same studies, so each bootstrap replicate draws one set of
 test clusters and scores every seed of both arms on it; study difficulty common to the arms then
-cancels in the difference, which is what a paired design buys.
+cancels in the difference, which is what a paired design buys. Seeds are not paired across arms:
+the same seed number under another strategy trains another model, so the arms' seed samples
+are treated as independent (if shared seeds correlate the arms, this only errs conservative).
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def minimum_detectable_difference(
 
     `sd` is the standard deviation of one seed's score (statsmodels' TTestIndPower solves for
     the standardised effect; times sd gives it on the metric's scale). Compare with the paper's
-    effect: +2 F1 points = 0.02 on our 0-1 scale.
+    effect: +2 F1 points = 0.02 on our 0-1 scale. The pooled-variance df (n_a + n_b - 2) are at
+    least Welch's, so for the Welch test the true detectable difference is, if anything, larger.
     """
     from statsmodels.stats.power import TTestIndPower
 

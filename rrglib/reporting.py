@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +202,7 @@ class Hypothesis:
     metric: str = PRIMARY_METRIC
     direction: str = "greater"  # "greater": A > B predicted; "less": A < B
     text: str = ""
+    family: str = "primary"  # Holm adjusts within a family; e.g. "secondary" apart
 
     def __post_init__(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -210,12 +211,12 @@ class Hypothesis:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> Hypothesis:
-        """From a study spec entry {name, arm_a, arm_b, metric?, direction?, text?}."""
+        """From a study spec entry {name, arm_a, arm_b, metric?, direction?, text?, family?}."""
         missing = [k for k in ("name", "arm_a", "arm_b") if k not in spec]
-        unknown = sorted(set(spec) - {"name", "arm_a", "arm_b", "metric", "direction", "text"})
+        unknown = sorted(set(spec) - {f.name for f in fields(cls)})
         if missing or unknown:
             raise ValueError(f"hypothesis {dict(spec)}: missing keys {missing}, unknown keys {unknown}; "
-                             "expected name, arm_a, arm_b and optional metric, direction, text")
+                             "expected name, arm_a, arm_b and optional metric, direction, text, family")
         return cls(**spec)
 
 
@@ -249,36 +250,47 @@ def claims_table(hypotheses: Sequence[Hypothesis | Mapping[str, Any]],
     """One row per pre-registered hypothesis: estimate, interval, raw and Holm p, verdict.
 
     `runs` maps an arm to its per-seed StudyStats (>= 2 seeds; the design asks >= 3), all on
-    the same test studies; `clusters` gives one source id per study. The family for Holm is
-    exactly `hypotheses`. "ci" is the t interval of the seed-level test (seed and test-set
-    variance; see rrglib.metrics.seeds for why not the bootstrap one, kept as "bootstrap").
-    The power column is the smallest difference detected with 80% power at alpha / m, Holm's
-    strictest step. `statement` is the full, untruncated sentence.
+    the same test studies; `clusters` gives one source id per study. Holm adjusts within each
+    `family` of hypotheses (the primary family apart from any secondary one). "ci" is the t
+    interval of the seed-level test (seed and test-set variance; rrglib.metrics.seeds says why
+    not the bootstrap one, kept as "bootstrap"). The power column is the smallest difference
+    detected with 80% power at alpha / m (m the family's size), Holm's strictest step.
+    `statement` is the full, untruncated sentence.
     """
     hyps = [h if isinstance(h, Hypothesis) else Hypothesis.from_dict(h) for h in hypotheses]
     absent = sorted({a for h in hyps for a in (h.arm_a, h.arm_b)} - set(runs))
     if absent:
         raise KeyError(f"arms {absent} have no runs (arms with runs: {sorted(runs)}); the "
                        "pre-registered family needs every arm it names")
-    rows = []
-    for h in hyps:
-        c = compare_arms(runs[h.arm_a], runs[h.arm_b], h.metric, n_boot, seed, clusters, level,
-                         power_alpha=alpha / len(hyps))
-        (mean_a, sd_a), (mean_b, sd_b) = mean_sd(runs[h.arm_a], h.metric), mean_sd(runs[h.arm_b], h.metric)
-        rows.append({"hypothesis": h.name, "text": h.text, "A": h.arm_a, "B": h.arm_b,
-                     "metric": h.metric, "predicted": DIRECTIONS[h.direction],
-                     "seeds A": len(c.scores_a), "seeds B": len(c.scores_b),
-                     "mean A": mean_a, "sd A": sd_a, "mean B": mean_b, "sd B": sd_b,
-                     "estimate": c.estimate, "ci low": c.ci[0], "ci high": c.ci[1],
-                     "bootstrap low": c.ci_bootstrap[0], "bootstrap high": c.ci_bootstrap[1],
-                     "sd test set": c.sd_test, "t": c.test.t, "df": c.test.df, "p": c.p,
-                     "detectable at 80%": c.mde})
-    adjusted = holm([r["p"] for r in rows], alpha) if rows else []
-    for h, row, p_adj in zip(hyps, rows, adjusted, strict=True):
-        row["p Holm"] = float(p_adj)
-        row["verdict"] = verdict(row["estimate"], row["p Holm"], h.direction, alpha)
-        row["statement"] = _statement(h, row, alpha, level)
-    return pd.DataFrame(rows)
+    size = {f: sum(h.family == f for h in hyps) for f in {h.family for h in hyps}}
+    rows = [_comparison_row(h, runs, alpha / size[h.family], n_boot, seed, clusters, level)
+            for h in hyps]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    for family in size:
+        members = table["family"] == family
+        table.loc[members, "p Holm"] = holm(table.loc[members, "p"].to_numpy(), alpha)
+    table["verdict"] = [verdict(r["estimate"], r["p Holm"], h.direction, alpha)
+                        for h, (_, r) in zip(hyps, table.iterrows(), strict=True)]
+    table["statement"] = [_statement(h, r, alpha, level)
+                          for h, (_, r) in zip(hyps, table.iterrows(), strict=True)]
+    return table
+
+
+def _comparison_row(h: Hypothesis, runs: Mapping[str, Sequence[StudyStats]], power_alpha: float,
+                    n_boot: int, seed: int, clusters: Any, level: float) -> dict[str, Any]:
+    c = compare_arms(runs[h.arm_a], runs[h.arm_b], h.metric, n_boot, seed, clusters, level,
+                     power_alpha=power_alpha)
+    (mean_a, sd_a), (mean_b, sd_b) = mean_sd(runs[h.arm_a], h.metric), mean_sd(runs[h.arm_b], h.metric)
+    return {"hypothesis": h.name, "family": h.family, "text": h.text, "A": h.arm_a, "B": h.arm_b,
+            "metric": h.metric, "predicted": DIRECTIONS[h.direction],
+            "seeds A": len(c.scores_a), "seeds B": len(c.scores_b),
+            "mean A": mean_a, "sd A": sd_a, "mean B": mean_b, "sd B": sd_b,
+            "estimate": c.estimate, "ci low": c.ci[0], "ci high": c.ci[1],
+            "bootstrap low": c.ci_bootstrap[0], "bootstrap high": c.ci_bootstrap[1],
+            "sd test set": c.sd_test, "t": c.test.t, "df": c.test.df, "p": c.p,
+            "detectable at 80%": c.mde}
 
 
 # --- the paper's reported numbers and claims (configs/paper_reported.yaml) ----------------------

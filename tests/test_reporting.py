@@ -87,6 +87,17 @@ def test_claims_table_verdicts(arms) -> None:
     assert set(table["verdict"]) <= set(VERDICTS)
 
 
+def test_holm_within_each_family(arms) -> None:
+    primary = [Hypothesis("H1", "good", "control", "ROUGE-L"), Hypothesis("H2", "bad", "good", "ROUGE-L")]
+    secondary = [Hypothesis("S1", "also_bad", "bad", "ROUGE-L", family="secondary")]
+    table = claims_table(primary + secondary, arms, n_boot=200).set_index("hypothesis")
+    alone = claims_table(primary, arms, n_boot=200).set_index("hypothesis")
+    # a secondary test neither joins nor changes the primary family's adjustment
+    assert table.loc[["H1", "H2"], "p Holm"].to_numpy() == pytest.approx(alone["p Holm"].to_numpy())
+    assert table.loc["S1", "p Holm"] == pytest.approx(table.loc["S1", "p"])  # a family of one
+    assert table.loc["S1", "family"] == "secondary"
+
+
 def test_seed_table(arms) -> None:
     table = seed_table({"good": arms["good"], "bad": arms["bad"]}, ["ROUGE-L", "BLEU-4"], n_boot=200)
     assert table.shape[0] == 4 and (table["seeds"] == 3).all()

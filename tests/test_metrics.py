@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.labeler import read_iu_xray_reports
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.metrics import (
     NLG_KEYS,
+    PRIMARY_METRIC,
     build_study_stats,
     clinical_efficacy,
     java_available,
@@ -141,6 +142,12 @@ def test_clinical_efficacy_by_hand() -> None:
     # CM tp1; EF fp1 fn1; AT fp1 fn1; NF tp1 -> TP 2, FP 2, FN 2
     assert scores["F1-RB-14-micro-u0"] == pytest.approx(0.5)
     assert scores["P-RB-5-micro-u0"] == pytest.approx(1 / 3)
+    # 13 abnormal observations (No Finding left out): CM tp1 fp1; EF tp1 fn1; AT fp1 fn1
+    assert scores["F1-RB-13abn-micro"] == pytest.approx(4 / 8)
+    assert scores["P-RB-13abn-micro"] == pytest.approx(2 / 4)
+    assert scores["F1-RB-13abn-macro"] == pytest.approx((2 / 3 + 2 / 3) / 13)
+    # -u0: CM tp1; EF fp1 (study 2) fn1 (study 1); AT fp1 fn1 -> TP 1, FP 2, FN 2
+    assert scores["F1-RB-13abn-micro-u0"] == pytest.approx(2 / 6)
     assert table.loc["Cardiomegaly", "precision"] == pytest.approx(0.5)
     assert table.loc["Pleural Effusion", "recall"] == pytest.approx(0.5)
     assert table.loc["Pneumothorax", "f1"] == 0.0
@@ -151,9 +158,20 @@ def test_clinical_metric_names() -> None:
     scores, _ = clinical_efficacy(REF_LABELS, GEN_LABELS)
     expected = {
         f"{m}-RB-{s}-{a}{u}"
-        for m in ("P", "R", "F1") for s in ("14", "5") for a in ("micro", "macro") for u in ("", "-u0")
+        for m in ("P", "R", "F1") for s in ("14", "13abn", "5") for a in ("micro", "macro")
+        for u in ("", "-u0")
     }  # fmt: skip
     assert set(scores) == expected
+    assert PRIMARY_METRIC in scores
+
+
+def test_primary_metric_ignores_no_finding() -> None:
+    # a constant normal report: right on every normal study, silent on every finding
+    reference = _frame([{"No Finding": 1}, {"No Finding": 1}, {"Edema": 1}, {"Fracture": -1}])
+    constant = _frame([{"No Finding": 1}] * 4)
+    scores, _ = clinical_efficacy(reference, constant)
+    assert scores["F1-RB-14-micro"] == pytest.approx(2 * 2 / (2 * 2 + 2 + 2))  # TP 2, FP 2, FN 2
+    assert scores[PRIMARY_METRIC] == 0.0 and scores["R-RB-13abn-micro"] == 0.0
 
 
 # --- bootstrap and paired tests ----------------------------------------------------------------

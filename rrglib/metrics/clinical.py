@@ -1,8 +1,10 @@
 """Clinical efficacy: precision / recall / F1 of observation labels, generated vs reference.
 
-Metric names say what they are: ``{P|R|F1}-{labeler}-{14|5}-{micro|macro}[-u0]``.
+Metric names say what they are: ``{P|R|F1}-{labeler}-{14|13abn|5}-{micro|macro}[-u0]``.
 - labeler: "RB" for our rule-based labeler, "CXB" for CheXbert; never call RB numbers CXB.
 - 14: all CheXpert observations (No Finding included, as in the common CheXbert scorer);
+  13abn: the 13 abnormal observations (ABNORMAL, No Finding left out), the study's primary
+  metric ``F1-RB-13abn-micro``: a constant normal report scores 0 on it;
   5: CHEXPERT_5 (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion).
 - micro: pooled counts over observations; macro: mean of per-observation scores.
 - default convention: positive or uncertain = 1, negative or not mentioned = 0;
@@ -15,10 +17,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from rrglib.labels import CHEXPERT_5, CHEXPERT_OBSERVATIONS, is_positive
+from rrglib.labels import ABNORMAL, CHEXPERT_5, CHEXPERT_OBSERVATIONS, is_positive
 
 CONVENTIONS: dict[str, str] = {"": "positive or uncertain = 1", "-u0": "uncertain = 0"}
-SUBSETS: dict[str, tuple[str, ...]] = {"14": CHEXPERT_OBSERVATIONS, "5": CHEXPERT_5}
+SUBSETS: dict[str, tuple[str, ...]] = {
+    "14": CHEXPERT_OBSERVATIONS, "13abn": ABNORMAL, "5": CHEXPERT_5,
+}
+# The study's pre-registered primary metric (DESIGN.md "Study design").
+PRIMARY_METRIC = "F1-RB-13abn-micro"
 
 
 def binarize(labels: pd.DataFrame, uncertain_positive: bool = True) -> np.ndarray:

@@ -10,8 +10,12 @@ Where a resampled statistic deviates from recomputing the metric on the resample
   set; each pair's CIDEr-D is held fixed and resamples average them.
 - METEOR: resamples average the per-pair METEOR scores, rescaled by (corpus METEOR / mean per-pair
   METEOR) so that the full sample gives the corpus score exactly; METEOR 1.5's corpus score pools
-  its chunk and match statistics, which the per-pair scores do not expose.
+  its chunk and match statistics, which the per-pair scores do not expose. Each system's scale
+  stays with its own pairs: a paired permutation mixes already-scaled per-pair scores.
 - BLEU, ROUGE-L and the clinical scores are recomputed exactly from the resampled sums.
+
+Studies that share a source report are resampled together when `clusters` is given (one id per
+study, e.g. the manifest's `source_id`): see rrglib.metrics.resampling.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pandas as pd
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.metrics.clinical import CONVENTIONS, ce_from_counts, clinical_efficacy, confusion_counts
 from rrglib.metrics.nlg import NLG_KEYS, bleu_from_sums, nlg_pair_stats
+from rrglib.metrics.resampling import bootstrap_weights, swap_masks
 
 _K = len(CHEXPERT_OBSERVATIONS)
 
@@ -48,13 +53,19 @@ class StudyStats:
         idx = [i for i, c in enumerate(self.columns) if c.startswith(prefix)]
         return slice(idx[0], idx[-1] + 1)
 
-    def metrics_from_sums(self, sums: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:
-        """All metrics from column sums (..., n_columns) over `counts` drawn studies."""
+    def metrics_from_sums(
+        self, sums: np.ndarray, counts: np.ndarray, meteor_scale: float | None = None
+    ) -> dict[str, np.ndarray]:
+        """All metrics from column sums (..., n_columns) over `counts` drawn studies.
+
+        `meteor_scale` overrides the system's own (1.0 for sums of `scaled_values()`).
+        """
+        scale = self.meteor_scale if meteor_scale is None else meteor_scale
         out: dict[str, np.ndarray] = {}
         bleu = bleu_from_sums(sums[..., self._block("bleu_")])
         for k in range(4):
             out[f"BLEU-{k + 1}"] = bleu[..., k]
-        out["METEOR"] = sums[..., self.columns.index("meteor")] / counts * self.meteor_scale
+        out["METEOR"] = sums[..., self.columns.index("meteor")] / counts * scale
         out["ROUGE-L"] = sums[..., self.columns.index("rouge")] / counts
         out["CIDEr"] = sums[..., self.columns.index("cider")] / counts
         for suffix in CONVENTIONS:
@@ -65,6 +76,12 @@ class StudyStats:
     def point(self) -> dict[str, float]:
         sums = self.values.sum(0)
         return {k: float(v) for k, v in self.metrics_from_sums(sums, np.float64(self.n)).items()}
+
+    def scaled_values(self) -> np.ndarray:
+        """`values` with each pair's METEOR already multiplied by this system's METEOR scale."""
+        values = self.values.copy()
+        values[:, self.columns.index("meteor")] *= self.meteor_scale
+        return values
 
 
 def build_study_stats(
@@ -113,19 +130,17 @@ def build_study_stats(
     return stats, {**nlg, **ce}, extras
 
 
-def _bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n) counts of how often each study is drawn in each resample."""
-    draws = rng.integers(0, n, size=(n_boot, n)) + (np.arange(n_boot) * n)[:, None]
-    return np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)
-
-
 def bootstrap_ci(
-    stats: StudyStats, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+    stats: StudyStats,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    clusters: Any = None,
 ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap interval over studies for every metric."""
+    """Percentile bootstrap interval over studies (whole clusters when given) for every metric."""
     rng = np.random.default_rng(seed)
-    weights = _bootstrap_weights(stats.n, n_boot, rng)
-    boot = stats.metrics_from_sums(weights @ stats.values, np.float64(stats.n))
+    weights = bootstrap_weights(stats.n, n_boot, rng, clusters)
+    boot = stats.metrics_from_sums(weights @ stats.values, weights.sum(1))
     alpha = (1 - level) / 2
     return {
         k: (float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))) for k, v in boot.items()
@@ -140,8 +155,9 @@ def score_reports(
     seed: int = 0,
     labeler: Any = None,
     backend: str = "auto",
+    clusters: Any = None,
 ) -> dict[str, Any]:
-    """All metrics with bootstrap 95% intervals.
+    """All metrics with bootstrap 95% intervals (resampling whole clusters when given).
 
     Returns {"metrics": {name: value}, "ci": {name: (low, high)}, "per_observation": DataFrame,
     "labels": {"reference": df, "generated": df}, "stats": StudyStats (for paired_test),
@@ -149,8 +165,53 @@ def score_reports(
     rrglib.metrics.clinical's docstring.
     """
     stats, scores, extras = build_study_stats(references, hypotheses, ids, labeler, backend)
-    ci = bootstrap_ci(stats, n_boot, seed) if n_boot > 0 else {}
+    ci = bootstrap_ci(stats, n_boot, seed, clusters=clusters) if n_boot > 0 else {}
     return {"metrics": scores, "ci": ci, "stats": stats, "n": stats.n, **extras}
+
+
+def _check_paired(stats_a: StudyStats, stats_b: StudyStats, metric: str) -> None:
+    if list(stats_a.ids) != list(stats_b.ids) or stats_a.columns != stats_b.columns:
+        raise ValueError(
+            "paired_test needs both systems scored on the same studies in the same order"
+        )
+    if metric not in stats_a.point():
+        raise KeyError(f"unknown metric {metric!r}; choose one of {sorted(stats_a.point())}")
+
+
+def paired_null(
+    stats_a: StudyStats,
+    stats_b: StudyStats,
+    metric: str,
+    n_resamples: int = 10000,
+    seed: int = 0,
+    method: str = "permutation",
+    clusters: Any = None,
+) -> tuple[float, np.ndarray]:
+    """(observed A - B, resampled differences) of a paired test; see `paired_test`.
+
+    Permutation mixes the systems' METEOR-scaled per-pair values, so a swapped study carries its
+    own system's METEOR scale and the null is centred on 0.
+    """
+    _check_paired(stats_a, stats_b, metric)
+    rng = np.random.default_rng(seed)
+    a, b = stats_a.scaled_values(), stats_b.scaled_values()
+
+    def delta(sum_a: np.ndarray, sum_b: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        ma = stats_a.metrics_from_sums(sum_a, counts, meteor_scale=1.0)[metric]
+        mb = stats_b.metrics_from_sums(sum_b, counts, meteor_scale=1.0)[metric]
+        return ma - mb
+
+    n = np.float64(stats_a.n)
+    observed = float(delta(a.sum(0), b.sum(0), n))
+    if method == "permutation":
+        swap = swap_masks(stats_a.n, n_resamples, rng, clusters)
+        keep = 1.0 - swap
+        return observed, delta(keep @ a + swap @ b, swap @ a + keep @ b, n)
+    if method == "bootstrap":
+        weights = bootstrap_weights(stats_a.n, n_resamples, rng, clusters)
+        counts = weights.sum(1)
+        return observed, delta(weights @ a, weights @ b, counts)
+    raise ValueError(f"method must be permutation or bootstrap, got {method!r}")
 
 
 def paired_test(
@@ -160,38 +221,20 @@ def paired_test(
     n_resamples: int = 10000,
     seed: int = 0,
     method: str = "permutation",
+    clusters: Any = None,
 ) -> float:
     """Two-sided p-value that systems A and B score `metric` equally on the same studies.
 
-    "permutation" (approximate randomisation): swap A's and B's outputs per study at random.
-    "bootstrap": resample studies and count how often the centred difference is as extreme.
+    "permutation" (approximate randomisation): swap A's and B's outputs per study (per cluster
+    when `clusters` gives one id per study) at random.
+    "bootstrap": resample studies (clusters) and count how often the centred difference is as
+    extreme. The smallest possible p is 1 / (n_resamples + 1).
     """
-    if list(stats_a.ids) != list(stats_b.ids) or stats_a.columns != stats_b.columns:
-        raise ValueError(
-            "paired_test needs both systems scored on the same studies in the same order"
-        )
-    if metric not in stats_a.point():
-        raise KeyError(f"unknown metric {metric!r}; choose one of {sorted(stats_a.point())}")
-    rng = np.random.default_rng(seed)
-    a, b, n = stats_a.values, stats_b.values, np.float64(stats_a.n)
-
-    def delta(sum_a: np.ndarray, sum_b: np.ndarray) -> np.ndarray:
-        ma = stats_a.metrics_from_sums(sum_a, n)[metric]
-        mb = stats_b.metrics_from_sums(sum_b, n)[metric]
-        return ma - mb
-
-    observed = float(delta(a.sum(0), b.sum(0)))
+    observed, deltas = paired_null(stats_a, stats_b, metric, n_resamples, seed, method, clusters)
     if method == "permutation":
-        swap = rng.integers(0, 2, size=(n_resamples, stats_a.n)).astype(float)
-        keep = 1.0 - swap
-        deltas = delta(keep @ a + swap @ b, swap @ a + keep @ b)
         extreme = np.abs(deltas) >= abs(observed) - 1e-12
-    elif method == "bootstrap":
-        weights = _bootstrap_weights(stats_a.n, n_resamples, rng)
-        deltas = delta(weights @ a, weights @ b)
-        extreme = np.abs(deltas - observed) >= abs(observed) - 1e-12
     else:
-        raise ValueError(f"method must be permutation or bootstrap, got {method!r}")
+        extreme = np.abs(deltas - observed) >= abs(observed) - 1e-12
     return float((extreme.sum() + 1) / (n_resamples + 1))
 
 
@@ -206,6 +249,7 @@ __all__ = [
     "StudyStats",
     "bootstrap_ci",
     "build_study_stats",
+    "paired_null",
     "paired_test",
     "results_table",
     "score_reports",

@@ -1,5 +1,5 @@
-"""rrg_clinical: clinical efficacy P/R/F1 (micro/macro, 14 and 5 observations, both uncertainty
-conventions) from labels of generated and reference reports, as an `evaluate` module.
+"""rrg_clinical: clinical efficacy P/R/F1 (micro/macro; all 14 observations, the 13 abnormal
+ones, and 5; both uncertainty conventions) from labels of generated and reference reports, as an `evaluate` module.
 A thin wrapper over rrglib.metrics.clinical_efficacy with the rule-based labeler by default."""
 
 import datasets
@@ -14,7 +14,8 @@ Args:
     predictions: generated reports (list of str).
     references: reference reports (list of str), one per prediction.
     labeler: None/"rule" (rule-based, names "...-RB-...") or a local CheXbert checkpoint path.
-Returns: {"F1-RB-14-micro": ..., "P-RB-5-macro": ..., "F1-RB-14-micro-u0": ..., ...}.
+Returns: {"F1-RB-14-micro": ..., "F1-RB-13abn-micro": ..., "P-RB-5-macro": ...,
+    "F1-RB-14-micro-u0": ..., ...}.
 """
 
 

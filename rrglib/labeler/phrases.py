@@ -1,0 +1,399 @@
+"""Phrase data of the rule-based labeler: what mentions each observation, what looks like a
+mention but is not, fixed normal / uncertain assertions, and the negation / uncertainty triggers.
+
+The phrases are regular-expression fragments written as readable phrases (one space between
+words; they are matched against normalised text, see ``engine.normalise``). The SynthCXR report
+grammar (data_prep/synthcxr.py) writes its sentences so that this labeler reads its labels back
+exactly; change both together.
+"""
+
+from __future__ import annotations
+
+# ---------------------------------------------------------------------------------------------
+# Anchors and qualifiers: attributes that are neither normal nor abnormal until qualified.
+# ---------------------------------------------------------------------------------------------
+HEART = (
+    r"(?:heart size|heart|cardiac silhouette|cardiac size|cardiac shadow|cardiac contours?"
+    r"|heart shadow|size of the heart|cardiac and mediastinal (?:contours?|silhouettes?))"
+)
+MEDIASTINUM = (
+    r"(?:cardiomediastinal (?:silhouettes?|contours?|structures|size|shadow)"
+    r"|(?:heart and )?mediastinal (?:contours?|silhouettes?|structures|width)"
+    r"|mediastinum|superior mediastinum|mediastinal and hilar contours)"
+)
+VASCULATURE = (
+    r"(?:pulmonary vascularity|pulmonary vasculature|vascularity|vasculature|pulmonary vessels)"
+)
+COSTOPHRENIC = r"(?:costophrenic angles?|costophrenic sulci|costophrenic recesses)"
+PLEURAL_SPACES = r"(?:pleural spaces?)"
+
+_NORMAL_Q = (
+    r"(?:(?<!limits of )(?<!limit of )(?<!top )(?<!high )(?<!not )normal(?: in size| size)?"
+    r"|within normal limits|unremarkable|not enlarged|wnl)"
+)
+_BORDERLINE_Q = (
+    r"(?:borderline(?: enlarged| in size)?|(?:at )?(?:the )?upper limits? of normal|top normal"
+    r"|high normal|mildly prominent|prominent)"
+)
+_ENLARGED_Q = r"(?:enlarged|enlargement|increased in size|large|widened|widening)"
+_CLEAR_Q = r"(?:clear|sharp|preserved|normal|free)"
+
+# A short stretch of words between an anchor and its qualifier. It may not cross a qualifier of
+# another kind or a clause terminator, so "heart is enlarged and lungs are normal" stays apart.
+_GAP_STOP = (
+    r"(?:but|however|although|though|whereas|while|enlarg\w*|normal|unremarkable|borderline"
+    r"|prominent|widen\w*|large|upper|top|lungs?)\b"
+)
+GAP = rf"(?:,?\s(?!{_GAP_STOP})[\w']+){{0,5}}?,?\s"
+SHORT_GAP = r"(?:\s[\w']+){0,2}?\s"
+
+
+def _anchored(anchor: str, qualifier: str) -> list[str]:
+    """Both word orders: "<anchor> ... <qualifier>" and "<qualifier> <anchor>"."""
+    return [rf"{anchor}{GAP}{qualifier}", rf"{qualifier}{SHORT_GAP}{anchor}"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding mentions: a match asserts the observation unless a trigger says otherwise.
+# ---------------------------------------------------------------------------------------------
+MENTIONS: dict[str, list[str]] = {
+    "Enlarged Cardiomediastinum": [
+        r"enlarged cardiomediastinum",
+        r"widened mediastinum",
+        r"mediastinal (?:widening|enlargement)",
+        r"enlarged mediastin\w*(?: silhouettes?| contours?)?",
+        r"cardiomediastinal enlargement",
+        *_anchored(MEDIASTINUM, _ENLARGED_Q),
+    ],
+    "Cardiomegaly": [
+        r"cardiomegaly",
+        r"cardiac enlargement",
+        r"enlarged heart",
+        r"enlargement of the (?:heart|cardiac silhouette)",
+        r"enlarged cardiac (?:silhouette|shadow|contours?|size)",
+        *_anchored(HEART, _ENLARGED_Q),
+    ],
+    "Lung Opacity": [
+        r"opacit(?:y|ies)",
+        r"opacification",
+        r"opacified",
+        r"infiltrates?",
+        r"infiltration",
+        r"air ?space (?:disease|opacit(?:y|ies))",
+        r"haziness",
+        r"hazy",
+        r"ground glass",
+        r"reticular (?:opacit(?:y|ies)|markings?|pattern)",
+        r"reticulonodular",
+        r"interstitial (?:markings?|opacit(?:y|ies)|prominence|disease|pattern|thickening)",
+        r"increased (?:lung )?markings",
+        r"scarring",
+        r"scar",
+        r"fibrosis",
+        r"fibrotic changes?",
+        r"peribronchial (?:cuffing|thickening)",
+    ],
+    "Lung Lesion": [
+        r"nodules?",
+        r"nodular (?:opacit(?:y|ies)|densit(?:y|ies))",
+        r"masse?s?",
+        r"lesions?",
+        r"neoplasm",
+        r"tumou?r",
+        r"carcinoma",
+        r"malignancy",
+        r"metastas[ie]s",
+        r"cavitary lesion",
+    ],
+    "Edema": [
+        r"edema",
+        r"oedema",
+        r"(?:pulmonary )?vascular (?:congestion|engorgement)",
+        r"pulmonary congestion",
+        r"congestive heart failure",
+        r"chf",
+        r"fluid overload",
+        r"kerley b lines",
+        r"cephalization",
+        r"(?:increased|prominent|engorged) (?:pulmonary )?(?:vascularity|vasculature|vascular markings)",
+    ],
+    "Consolidation": [
+        r"consolidations?",
+        r"consolidative",
+        r"consolidated",
+    ],
+    "Pneumonia": [
+        r"pneumonias?",
+        r"bronchopneumonia",
+        r"pneumonitis",
+        r"infections?",
+        r"infectious (?:process|infiltrates?)",
+    ],
+    "Atelectasis": [
+        r"atelectas[ie]s",
+        r"atelectatic",
+        r"volume loss",
+        r"(?:lobar |lobe |lung |segmental )?collapse",
+        r"collapsed lung",
+        r"plate like",
+        r"platelike",
+    ],
+    "Pneumothorax": [
+        r"pneumothora(?:x|ces)",
+        r"hydropneumothorax",
+    ],
+    "Pleural Effusion": [
+        r"(?:pleural )?effusions?",
+        r"pleural fluid",
+        r"hydrothorax",
+        r"hydropneumothorax",
+        r"blunting of the (?:\w+ )?costophrenic (?:angles?|sulci|sulcus)",
+        r"costophrenic (?:angle |sulcus )?blunting",
+        r"blunted (?:\w+ )?costophrenic (?:angles?|sulci|sulcus)",
+        r"(?:\w+ )?costophrenic (?:angles?|sulci|sulcus) (?:is |are )?blunted",
+    ],
+    "Pleural Other": [
+        r"pleural (?:thickening|plaques?|calcifications?|scarring|fibrosis)",
+        r"pleural parenchymal (?:scarring|thickening|opacit(?:y|ies))",
+        r"pleuroparenchymal (?:scarring|thickening|opacit(?:y|ies))",
+        r"thickened pleura",
+        r"fibrothorax",
+        r"apical (?:pleural )?capp?(?:ing)?",
+    ],
+    "Fracture": [
+        r"fractures?",
+        r"fractured",
+        r"broken ribs?",
+    ],
+    "Support Devices": [
+        r"pacemakers?",
+        r"pacer",
+        r"(?:cardiac )?defibrillator",
+        r"aicd",
+        r"icd",
+        r"endotracheal tubes?",
+        r"et tube",
+        r"ett",
+        r"tracheostomy(?: tube)?",
+        r"(?:nasogastric|orogastric|feeding|enteric|gastric|chest|dobhoff) tubes?",
+        r"(?:ng|og) tube",
+        r"dobhoff",
+        r"(?:central venous|central|venous|jugular|subclavian|picc) (?:line|catheter)s?",
+        r"picc",
+        r"port a cath",
+        r"(?:chest wall |subcutaneous |power )?port",
+        r"swan ganz(?: catheter)?",
+        r"catheters?",
+        r"(?:sternotomy|sternal|surgical) (?:wires?|sutures)",
+        r"median sternotomy",
+        r"sternotomy",
+        r"(?:surgical|vascular) clips",
+        r"(?:orthopedic |spinal |fixation )?hardware",
+        r"stents?",
+        r"(?:prosthetic|mechanical) (?:valve|heart valve)",
+        r"valve replacement",
+        r"pacing (?:leads?|wires?)",
+        r"(?:pacemaker |pacer |icd )?leads?",
+        r"drains?",
+        r"ivc filter",
+        r"lines and tubes",
+        r"tubes and lines",
+        r"support devices?",
+    ],
+}
+
+# Phrases that contain a mention but are not that observation.
+UNMENTIONS: dict[str, list[str]] = {
+    "Pleural Effusion": [r"(?:pericardial|joint|knee|shoulder) effusions?"],
+    "Edema": [r"(?:soft tissue|subcutaneous|extremity) edema"],
+    "Lung Lesion": [
+        r"mass effect",
+        r"(?:soft tissue|breast|chest wall|mediastinal|hilar|neck|thyroid) (?:mass|masses|lesion|lesions)",
+        r"(?:bone|bony|osseous|lytic|sclerotic|blastic|skin) (?:lesions?|mass)",
+    ],
+    "Lung Opacity": [r"(?:breast|soft tissue|nipple) (?:opacit(?:y|ies)|shadows?)"],
+    "Atelectasis": [r"(?:vertebral|vertebral body|compression) collapse"],
+    "Fracture": [r"(?:healed )?fracture fixation"],
+    "Support Devices": [
+        r"(?:pleural|fissure|skin|mach|septal|kerley b) lines?",
+        r"leads? to",
+        r"leading",
+        r"airport",
+        r"report",
+        r"support",  # "to support" without "devices" is a verb
+    ],
+    "Pneumonia": [r"(?:urinary tract|skin|soft tissue) infections?"],
+}
+
+# Fixed negative assertions: phrase -> observations it makes 0.
+NORMAL_PHRASES: list[tuple[str, tuple[str, ...]]] = [
+    *[(p, ("Cardiomegaly",)) for p in _anchored(HEART, _NORMAL_Q)],
+    *[
+        (p, ("Enlarged Cardiomediastinum", "Cardiomegaly"))
+        for p in _anchored(MEDIASTINUM, _NORMAL_Q)
+    ],
+    *[(p, ("Edema",)) for p in _anchored(VASCULATURE, _NORMAL_Q)],
+    (rf"{COSTOPHRENIC}{GAP}{_CLEAR_Q}", ("Pleural Effusion",)),
+    (rf"(?:sharp|clear|normal|preserved) {COSTOPHRENIC}", ("Pleural Effusion",)),
+    (rf"{PLEURAL_SPACES}{GAP}(?:clear|normal|unremarkable)", ("Pleural Effusion", "Pneumothorax")),
+    (rf"(?:clear|normal) {PLEURAL_SPACES}", ("Pleural Effusion", "Pneumothorax")),
+]
+
+# Fixed uncertain assertions: phrase -> observations it makes -1.
+UNCERTAIN_PHRASES: list[tuple[str, tuple[str, ...]]] = [
+    *[(p, ("Cardiomegaly",)) for p in _anchored(HEART, _BORDERLINE_Q)],
+    *[(p, ("Enlarged Cardiomediastinum",)) for p in _anchored(MEDIASTINUM, _BORDERLINE_Q)],
+]
+
+# ---------------------------------------------------------------------------------------------
+# Triggers. Each entry: (kind, direction, phrases). Matched in this order; each match is masked
+# before the next group is searched, so "cannot be excluded" is never read as "not".
+# kind: "neg" | "unc" | "pseudo" | "term";  direction: "pre" | "post" | "both".
+# ---------------------------------------------------------------------------------------------
+TRIGGERS: list[tuple[str, str, list[str]]] = [
+    # "no findings to suggest pneumonia" negates; without this "suggest" would make it uncertain.
+    (
+        "neg",
+        "pre",
+        [
+            r"(?:no|without|nothing)(?: [\w']+){0,4}? (?:to suggest|suggest(?:ive|ing) of|suspicious for"
+            r"|concerning for|worrisome for|to indicate|diagnostic of|typical of|compatible with"
+            r"|consistent with)",
+        ],
+    ),
+    # pre-negation uncertainty: looks like negation, means "maybe"
+    (
+        "unc",
+        "post",
+        [
+            r"(?:cannot|can not|could not|may not|can't) be (?:entirely |completely |fully )?(?:excluded|ruled out|excluded radiographically)",
+            r"(?:is |are |was |were )?not (?:entirely |completely |totally )?(?:excluded|ruled out)",
+        ],
+    ),
+    (
+        "unc",
+        "pre",
+        [
+            r"(?:cannot|can not|could not|can't|difficult to|unable to) (?:entirely |completely |fully )?(?:exclude|rule out|be excluded)",
+            r"not (?:entirely |completely )?(?:excluded|ruled out)",
+            r"rule out",
+            r"r/o",
+        ],
+    ),
+    (
+        "pseudo",
+        "pre",
+        [
+            r"no (?:significant |substantial |appreciable |interval |radiographic )?(?:change|increase|decrease|progression|worsening)",
+            r"not (?:significantly )?(?:changed|increased|decreased)",
+            r"(?:has |have )?not (?:yet |completely |entirely |fully )?(?:resolved|cleared)",
+            r"without (?:significant |interval )?change",
+            r"not only",
+            r"no longer (?:compress\w*)",
+            r"gram negative",
+        ],
+    ),
+    (
+        "neg",
+        "post",
+        [
+            r"(?:is |are |was |were |has been |have been )?(?:not|no longer) (?:\w+ )?(?:seen|identified|visualized|visualised|demonstrated|present|evident|appreciated|detected|noted|apparent|observed|visible)",
+            r"(?:has |have |had )?disappeared",
+            r"(?:has |have |had )?been removed",
+            r"(?:is |are |was |were )(?:now )?(?:absent|gone|removed)",
+            r"(?:is |are )?unlikely",
+            r"(?:is |are )?ruled out",
+            r"(?:is |are )?excluded",
+        ],
+    ),
+    ("neg", "both", [r"(?:has |have |had )?(?:resolved|cleared)"]),
+    (
+        "neg",
+        "pre",
+        [
+            r"no (?:evidence|signs?|findings?|radiographic evidence) of",
+            r"negative for",
+            r"free of",
+            r"clear of",
+            r"absence of",
+            r"resolution of",
+            r"(?:interval )?removal of",
+            r"no longer",
+            r"without",
+            r"no",
+            r"not",
+            r"nothing",
+            r"neither",
+            r"nor",
+            r"never",
+            r"absent",
+            r"removed",
+            r"rather than",
+            r"instead of",
+        ],
+    ),
+    ("unc", "both", [r"versus", r"vs", r"or less likely", r"and/or"]),
+    (
+        "unc",
+        "post",
+        [
+            r"(?:is|are|was|were|remains?) (?:possible|suspected|questioned|questionable|a possibility|a consideration|considered)",
+            r"\?",
+        ],
+    ),
+    (
+        "unc",
+        "pre",
+        [
+            r"(?:may|might|could|can) (?:be|represent|reflect|indicate|relate to|be due to|be related to|suggest|include)",
+            r"(?:may|might|could)",
+            r"possible",
+            r"possibly",
+            r"probable",
+            r"probably",
+            r"presumed",
+            r"presumably",
+            r"likely",
+            r"questionable",
+            r"question of",
+            r"suspicious for",
+            r"suspicion (?:of|for)",
+            r"suspected",
+            r"suspect",
+            r"concern(?:ing)? for",
+            r"worrisome for",
+            r"suggest(?:s|ed|ing|ive of)?",
+            r"borderline",
+            r"equivocal",
+            r"indeterminate",
+            r"differential (?:diagnosis )?(?:includes?|considerations? include)",
+            r"consider(?:ed)?",
+            r"cannot be excluded",
+            r"either",
+            r"versus",
+        ],
+    ),
+    (
+        "term",
+        "both",
+        [
+            r"but",
+            r"however",
+            r"although",
+            r"though",
+            r"whereas",
+            r"while",
+            r"yet",
+            r"except(?: for)?",
+            r"with the exception of",
+            r"aside from",
+            r"apart from",
+            r"other than",
+            r"which",
+            r"there (?:is|are|has been|have been)",
+            r"(?:is|are) (?:seen|noted|present|again noted|again seen)",
+        ],
+    ),
+]
+
+POST_SCOPE_WORDS = 8  # how far back a post-trigger reaches ("effusion on the right has resolved")

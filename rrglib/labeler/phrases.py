@@ -29,7 +29,7 @@ PLEURAL_SPACES = r"(?:pleural spaces?)"
 
 _NORMAL_Q = (
     r"(?:(?<!limits of )(?<!limit of )(?<!top )(?<!high )(?<!not )normal(?: in size| size)?"
-    r"|within normal limits|unremarkable|not enlarged|wnl)"
+    r"|within (?:the )?(?:normal limits|limits of normal)|unremarkable|not enlarged|wnl)"
 )
 _BORDERLINE_Q = (
     r"(?:borderline(?: enlarged| in size)?|(?:at )?(?:the )?upper limits? of normal|top normal"
@@ -45,7 +45,9 @@ _GAP_STOP = (
     r"|prominent|widen\w*|large|upper|top|lungs?)\b"
 )
 GAP = rf"(?:,?\s(?!{_GAP_STOP})[\w']+){{0,5}}?,?\s"
-SHORT_GAP = r"(?:\s[\w']+){0,2}?\s"
+# "<qualifier> <anchor>": at most two words, none of which starts a new clause, so "the heart is
+# normal in size and the mediastinum is widened" does not read as a normal mediastinum.
+SHORT_GAP = r"(?:\s(?!and|but|with|or|while|whereas)[\w']+){0,2}?\s"
 
 
 def _anchored(anchor: str, qualifier: str) -> list[str]:
@@ -222,7 +224,19 @@ UNMENTIONS: dict[str, list[str]] = {
         r"report",
         r"support",  # "to support" without "devices" is a verb
     ],
-    "Pneumonia": [r"(?:urinary tract|skin|soft tissue) infections?"],
+    "Pneumonia": [
+        r"(?:urinary tract|skin|soft tissue) infections?",
+        # old, healed disease is not current pneumonia: "prior granulomatous infection",
+        # "sequelae of histoplasmosis infection", "old healed pneumonia"
+        r"(?:prior|previous|old|remote|healed|past|chronic)(?: [\w']+){0,2}? (?:infections?|pneumonias?)",
+        r"(?:granulomatous|histoplasm\w*|tuberculous|tuberculosis|tb|fungal|mycobacterial)"
+        r" (?:infections?|disease)",
+        r"sequelae of(?: [\w']+){0,3}? (?:infections?|pneumonias?)",
+        # clinical context, not a finding: "history of pneumonia", "correlate for infection"
+        r"(?:history of|symptoms of|signs of|clinical (?:signs|symptoms) of)(?: [\w']+){0,2}?"
+        r" (?:infections?|pneumonias?)",
+        r"correlat\w*(?: [\w']+){0,6}? (?:for|of|with)(?: [\w']+){0,2}? (?:infections?|pneumonias?)",
+    ],
 }
 
 # Fixed negative assertions: phrase -> observations it makes 0.
@@ -256,9 +270,13 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
         "neg",
         "pre",
         [
-            r"(?:no|without|nothing)(?: [\w']+){0,4}? (?:to suggest|suggest(?:ive|ing) of|suspicious for"
-            r"|concerning for|worrisome for|to indicate|diagnostic of|typical of|compatible with"
-            r"|consistent with)",
+            # the noun list between "no" and "to suggest" can be long ("no effusion, pneumothorax
+            # or interval airspace consolidation to suggest pneumonia"), but not a new clause
+            r"(?:no|without|nothing)(?:,? (?!(?:but|however|although|though|which|whereas|and)\b)"
+            r"[\w']+){0,12}? (?:to suggest|suggest(?:ive|ing) of|to indicate|diagnostic of)",
+            # "consistent with" also follows positive findings: a short reach only
+            r"(?:no|without|nothing)(?: [\w']+){0,4}? (?:suspicious for|concerning for|worrisome for"
+            r"|typical of|compatible with|consistent with)",
         ],
     ),
     # pre-negation uncertainty: looks like negation, means "maybe"
@@ -302,6 +320,7 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
             r"(?:has |have |had )?been removed",
             r"(?:is |are |was |were )(?:now )?(?:absent|gone|removed)",
             r"(?:is |are )?unlikely",
+            r"(?:is |are |appears? |appear |remains? )?within (?:the )?(?:normal limits|limits of normal)",
             r"(?:is |are )?ruled out",
             r"(?:is |are )?excluded",
         ],
@@ -390,6 +409,14 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
             r"apart from",
             r"other than",
             r"which",
+            # a new clause: "no pneumothorax with a large right effusion"; "with or without" is
+            # not one
+            r"with(?! or without)",
+            # "no effusion and moderate cardiomegaly": "and" followed by a new finding's modifier
+            # or subject ends the scope; a plain list ("no effusion and pneumothorax") does not
+            r"and(?= (?:a|an|the|there|this|mild|mildly|moderate|moderately|marked|markedly|severe"
+            r"|small|large|minimal|trace|stable|persistent|new|increased|decreased|improved"
+            r"|worsening|unchanged)\b)",
             r"there (?:is|are|has been|have been)",
             r"(?:is|are) (?:seen|noted|present|again noted|again seen)",
         ],

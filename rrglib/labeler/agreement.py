@@ -13,11 +13,11 @@ Mapped (heading, and the qualifier the tag must carry, if any):
   with a ``lung`` (or retrocardiac) qualifier, Pulmonary Fibrosis, Lung Diseases, Interstitial
   -> Lung Opacity (CheXpert's Lung Opacity includes scarring, fibrosis and interstitial markings).
 - Nodule, Mass with a ``lung`` qualifier (or none) -> Lung Lesion.
-- Pulmonary Edema, Pulmonary Congestion -> Edema. Consolidation -> Consolidation.
+- Pulmonary Edema, Pulmonary Congestion, Heart Failure -> Edema (CheXpert's Edema mentions
+  include congestion, vascular prominence and heart failure). Consolidation -> Consolidation.
   Pneumonia -> Pneumonia. Pulmonary Atelectasis, Volume Loss -> Atelectasis.
 - Pneumothorax, Hydropneumothorax, Hemopneumothorax -> Pneumothorax.
-- Pleural Effusion, Hydropneumothorax, Costophrenic Angle/blunted -> Pleural Effusion
-  (blunting is how radiographs show a small effusion; CheXpert reads it as one).
+- Pleural Effusion, Hydropneumothorax -> Pleural Effusion.
 - Thickening or Cicatrix with a ``pleura`` qualifier -> Pleural Other. Fractures, Bone -> Fracture.
 - Catheters, Indwelling; Implanted Medical Device; Medical Device; Tube, Inserted; Stents;
   Surgical Instruments (clips, sternotomy wires) -> Support Devices.
@@ -29,7 +29,10 @@ Left unmapped, and why:
   CheXpert Lung Lesion or Pneumonia (CheXpert's lesion list has no granuloma).
 - Emphysema, Pulmonary Disease, Chronic Obstructive; Lung/hyperdistention, /hypoinflation:
   lung volumes and COPD are no CheXpert observation.
-- Heart Failure: a clinical diagnosis; the radiographic signs are tagged as congestion / edema.
+- Costophrenic Angle/blunted: the IU radiologists often attribute blunting to scarring or
+  pleural thickening ("chronic blunting ... without definite pleural effusion"), and tag an
+  effusion they see as Pleural Effusion; CheXpert's effusion mentions are "effusion" and
+  "pleural fluid" only.
 - Pericardial Effusion: not pleural. Markings/bronchovascular: normal anatomy unless qualified.
 - Bones and spine (Thoracic Vertebrae, Spine, Deformity, Scoliosis, Osteophyte ...), Aorta,
   Atherosclerosis, Hernia, Diaphragm, Foreign Bodies, Nipple Shadow, Lucency, Density outside the
@@ -66,6 +69,7 @@ MESH_RULES: dict[str, list[tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "Mass": [(("lung", ""), ("Lung Lesion",))],
     "Pulmonary Edema": [((), ("Edema",))],
     "Pulmonary Congestion": [((), ("Edema",))],
+    "Heart Failure": [((), ("Edema",))],
     "Consolidation": [((), ("Consolidation",))],
     "Pneumonia": [((), ("Pneumonia",))],
     "Pulmonary Atelectasis": [((), ("Atelectasis",))],
@@ -74,7 +78,6 @@ MESH_RULES: dict[str, list[tuple[tuple[str, ...], tuple[str, ...]]]] = {
     "Hydropneumothorax": [((), ("Pneumothorax", "Pleural Effusion"))],
     "Hemopneumothorax": [((), ("Pneumothorax",))],
     "Pleural Effusion": [((), ("Pleural Effusion",))],
-    "Costophrenic Angle": [(("blunted",), ("Pleural Effusion",))],
     "Thickening": [(("pleura",), ("Pleural Other",))],
     "Fractures, Bone": [((), ("Fracture",))],
     "Catheters, Indwelling": [((), ("Support Devices",))],

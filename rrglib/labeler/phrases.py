@@ -22,7 +22,8 @@ MEDIASTINUM = (
     r"|mediastinum|superior mediastinum|mediastinal and hilar contours)"
 )
 VASCULATURE = (
-    r"(?:pulmonary vascularity|pulmonary vasculature|vascularity|vasculature|pulmonary vessels)"
+    r"(?:(?:central |pulmonary |lung |central pulmonary )?(?:vascularity|vasculature|vascular markings)"
+    r"|pulmonary vessels)"
 )
 COSTOPHRENIC = r"(?:costophrenic angles?|costophrenic sulci|costophrenic recesses)"
 PLEURAL_SPACES = r"(?:pleural spaces?)"
@@ -112,12 +113,17 @@ MENTIONS: dict[str, list[str]] = {
         r"oedema",
         r"(?:pulmonary )?vascular (?:congestion|engorgement)",
         r"pulmonary congestion",
-        r"congestive heart failure",
+        r"(?:congestive )?heart failure",
         r"chf",
         r"fluid overload",
         r"kerley b lines",
         r"cephalization",
-        r"(?:increased|prominent|engorged) (?:pulmonary )?(?:vascularity|vasculature|vascular markings)",
+        # CheXpert counts vascular prominence as edema (and IU's indexers tag it congestion)
+        r"(?:central |pulmonary |lung |central pulmonary )?vascular (?:prominence|congestive changes"
+        r"|redistribution|indistinctness)",
+        r"prominence of the (?:central |pulmonary |lung |upper lobe )*(?:vasculature|vascularity"
+        r"|vascular markings|vessels)",
+        *_anchored(VASCULATURE, r"(?:increased|prominent|engorged|congested|indistinct)"),
     ],
     "Consolidation": [
         r"consolidations?",
@@ -273,7 +279,7 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
             # the noun list between "no" and "to suggest" can be long ("no effusion, pneumothorax
             # or interval airspace consolidation to suggest pneumonia"), but not a new clause
             r"(?:no|without|nothing)(?:,? (?!(?:but|however|although|though|which|whereas|and)\b)"
-            r"[\w']+){0,12}? (?:to suggest|suggest(?:ive|ing) of|to indicate|diagnostic of)",
+            r"[\w']+){0,12} (?:to suggest|suggest(?:ive|ing) of|to indicate|diagnostic of)",  # greedy: the last one
             # "consistent with" also follows positive findings: a short reach only
             r"(?:no|without|nothing)(?: [\w']+){0,4}? (?:suspicious for|concerning for|worrisome for"
             r"|typical of|compatible with|consistent with)",

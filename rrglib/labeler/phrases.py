@@ -100,13 +100,12 @@ MENTIONS: dict[str, list[str]] = {
         r"nodules?",
         r"nodular (?:opacit(?:y|ies)|densit(?:y|ies))",
         r"masse?s?",
-        r"lesions?",
+        # a bare "lesion" is as often a bone or skin lesion: only lung / cavitary / mass lesions
+        r"(?:lung|pulmonary|parenchymal|cavitary|cavitating|mass|spiculated) lesions?",
         r"neoplasm",
         r"tumou?r",
         r"carcinoma",
-        r"malignancy",
         r"metastas[ie]s",
-        r"cavitary lesion",
     ],
     "Edema": [
         r"edema",
@@ -218,6 +217,8 @@ UNMENTIONS: dict[str, list[str]] = {
         r"mass effect",
         r"(?:soft tissue|breast|chest wall|mediastinal|hilar|neck|thyroid) (?:mass|masses|lesion|lesions)",
         r"(?:bone|bony|osseous|lytic|sclerotic|blastic|skin) (?:lesions?|mass)",
+        # a history is not a finding
+        r"history of (?:\w+ ){0,2}(?:malignancy|carcinoma|cancer|tumou?r|metastas[ie]s|masse?s?)",
     ],
     "Lung Opacity": [r"(?:breast|soft tissue|nipple) (?:opacit(?:y|ies)|shadows?)"],
     "Atelectasis": [r"(?:vertebral|vertebral body|compression) collapse"],

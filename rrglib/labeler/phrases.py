@@ -42,7 +42,7 @@ _CLEAR_Q = r"(?:clear|sharp|preserved|normal|free)"
 # A short stretch of words between an anchor and its qualifier. It may not cross a qualifier of
 # another kind or a clause terminator, so "heart is enlarged and lungs are normal" stays apart.
 _GAP_STOP = (
-    r"(?:but|however|although|though|whereas|while|enlarg\w*|normal|unremarkable|borderline"
+    r"(?:but|however|although|though|whereas|while|with|secondary|due|enlarg\w*|normal|unremarkable|borderline"
     r"|prominent|widen\w*|large|upper|top|lungs?)\b"
 )
 GAP = rf"(?:,?\s(?!{_GAP_STOP})[\w']+){{0,5}}?,?\s"

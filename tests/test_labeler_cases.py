@@ -151,8 +151,10 @@ CASES: list[tuple[str, str]] = [
     ("Questionable small right pneumothorax.", "PX=u"),
     ("Likely small bilateral effusions.", "EF=u"),
     ("Borderline cardiomegaly.", "CM=u"),
-    ("The heart size is at the upper limits of normal.", "CM=u"),
-    ("Heart size is top normal.", "CM=u"),
+    # Changed from CM=u: "upper limits of normal" / "top normal" state a size within the normal
+    # range (IU's MeSH indexers never tag these reports Cardiomegaly); "borderline" stays uncertain.
+    ("The heart size is at the upper limits of normal.", "CM=0 NF=1"),
+    ("Heart size is top normal.", "CM=0 NF=1"),
     ("The heart is borderline enlarged.", "CM=u"),
     ("Pneumonia?", "PN=u"),
     ("Pneumonia is suspected.", "PN=u"),

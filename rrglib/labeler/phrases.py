@@ -28,14 +28,16 @@ VASCULATURE = (
 COSTOPHRENIC = r"(?:costophrenic angles?|costophrenic sulci|costophrenic recesses)"
 PLEURAL_SPACES = r"(?:pleural spaces?)"
 
+# "Upper limits of normal", "top normal" say the size is still within the normal range: normal
+# (IU's indexers never tag them as cardiomegaly). "Borderline" is CheXpert's example of an
+# uncertain finding and stays uncertain.
 _NORMAL_Q = (
     r"(?:(?<!limits of )(?<!limit of )(?<!top )(?<!high )(?<!not )normal(?: in size| size)?"
-    r"|within (?:the )?(?:normal limits|limits of normal)|unremarkable|not enlarged|wnl)"
+    r"|within (?:the )?(?:normal limits|limits of normal)|unremarkable|not enlarged|wnl"
+    r"|(?:(?:near|at|on|towards?) )?(?:the )?(?:upper limits? (?:of )?normal|top (?:of )?normal"
+    r"|high normal)(?: limits)?(?: in size| size| for size)?)"
 )
-_BORDERLINE_Q = (
-    r"(?:borderline(?: enlarged| in size)?|(?:at )?(?:the )?upper limits? of normal|top normal"
-    r"|high normal|mildly prominent|prominent)"
-)
+_BORDERLINE_Q = r"(?:borderline(?: enlarged| in size)?|mildly prominent|prominent)"
 _ENLARGED_Q = r"(?:enlarged|enlargement|increased in size|large|widened|widening)"
 _CLEAR_Q = r"(?:clear|sharp|preserved|normal|free)"
 
@@ -364,6 +366,8 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
         "post",
         [
             r"(?:is|are|was|were|remains?) (?:possible|suspected|questioned|questionable|a possibility|a consideration|considered)",
+            # hedged differentials: "pneumonia is in the differential", "... is another consideration"
+            r"(?:is|are|would be|remains?) (?:also )?(?:in the differential|(?:an?|another|also a) (?:\w+ )?(?:consideration|possibility))",
             r"\?",
         ],
     ),
@@ -392,7 +396,9 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
             r"borderline",
             r"equivocal",
             r"indeterminate",
-            r"differential (?:diagnosis )?(?:includes?|considerations? include)",
+            r"differential(?: diagnosis| diagnoses| considerations?)?(?: is| are)?(?: [\w']+){0,3}? (?:includes?|including)",
+            r"differential(?: diagnosis| diagnoses| considerations?)? (?:is|are|of)",
+            r"alternatively",
             r"consider(?:ed)?",
             r"cannot be excluded",
             r"either",
@@ -418,7 +424,7 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
             r"which",
             # a new clause: "no pneumothorax with a large right effusion"; "with or without" is
             # not one
-            r"with(?! or without)",
+            r"(?<!compatible )(?<!consistent )(?<!keeping )(?<!associated )(?<!along )with(?! or without)",
             # "no effusion and moderate cardiomegaly": "and" followed by a new finding's modifier
             # or subject ends the scope; a plain list ("no effusion and pneumothorax") does not
             r"and(?= (?:a|an|the|there|this|mild|mildly|moderate|moderately|marked|markedly|severe"

@@ -64,19 +64,21 @@ SENTENCE_BOUNDARY = re.compile(r"(?<!\bvs)(?<!\d)\.(?!\d)|[;!\n]|\s\d+\.\s|\s\d+
 _WORD = re.compile(r"[a-z0-9]")
 
 
-def _compile(phrases: Iterable[str]) -> re.Pattern[str]:
-    # Longest alternatives first so that "no evidence of" wins over "no".
+def _compile(phrases: Iterable[str], slash_joins: bool = True) -> re.Pattern[str]:
+    # Longest alternatives first so that "no evidence of" wins over "no". A slash joins words
+    # into one token for triggers ("and/or", "r/o") but separates findings ("atelectasis/scar").
     ordered = sorted(phrases, key=len, reverse=True)
     words = [p for p in ordered if p != r"\?"]
-    pattern = r"(?<![\w/])(?:" + "|".join(words) + r")(?![\w/])"
+    edge = r"[\w/]" if slash_joins else r"\w"
+    pattern = rf"(?<!{edge})(?:" + "|".join(words) + rf")(?!{edge})"
     if len(words) < len(ordered):  # a question mark needs no word boundary: "pneumonia?"
         pattern += r"|\?"
     return re.compile(pattern)
 
 
 # compiled per observation: what mentions it, and look-alikes that do not ("heart size" is not cardiomegaly)
-MENTION_PATTERNS = {obs: _compile(ps) for obs, ps in MENTIONS.items()}
-UNMENTION_PATTERNS = {obs: _compile(ps) for obs, ps in UNMENTIONS.items()}
+MENTION_PATTERNS = {obs: _compile(ps, slash_joins=False) for obs, ps in MENTIONS.items()}
+UNMENTION_PATTERNS = {obs: _compile(ps, slash_joins=False) for obs, ps in UNMENTIONS.items()}
 
 
 # Fixed phrases are costly to scan (an anchor, a gap, a qualifier); each group is only tried when

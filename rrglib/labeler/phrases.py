@@ -311,10 +311,10 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
         "pseudo",
         "pre",
         [
-            r"no (?:significant |substantial |appreciable |interval |radiographic )?(?:change|increase|decrease|progression|worsening)",
+            r"no (?:significant |substantial |appreciable |interval |radiographic )*(?:change|increase|decrease|progression|worsening)",
             r"not (?:significantly )?(?:changed|increased|decreased)",
             r"(?:has |have )?not (?:yet |completely |entirely |fully )?(?:resolved|cleared)",
-            r"without (?:significant |interval )?change",
+            r"without (?:significant |substantial |appreciable |interval )*change",
             r"not only",
             r"no longer (?:compress\w*)",
             r"gram negative",

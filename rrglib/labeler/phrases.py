@@ -213,7 +213,11 @@ MENTIONS: dict[str, list[str]] = {
 
 # Phrases that contain a mention but are not that observation.
 UNMENTIONS: dict[str, list[str]] = {
-    "Pleural Effusion": [r"(?:pericardial|joint|knee|shoulder) effusions?"],
+    "Pleural Effusion": [
+        r"(?:pericardial|joint|knee|shoulder) effusions?",
+        # a request, not a finding: "limits evaluation for an effusion"
+        r"(?:evaluation|evaluate|assessment|assess) (?:of|for) (?:an? |the )?(?:\w+ ){0,2}?(?:effusions?|pleural fluid)",
+    ],
     "Edema": [r"(?:soft tissue|subcutaneous|extremity) edema"],
     "Lung Lesion": [
         r"mass effect",
@@ -360,12 +364,13 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
             r"instead of",
         ],
     ),
-    ("unc", "both", [r"versus", r"vs", r"or less likely", r"and/or"]),
+    # "suspected pneumonia", "small effusions suspected"
+    ("unc", "both", [r"versus", r"vs", r"or less likely", r"and/or", r"suspected"]),
     (
         "unc",
         "post",
         [
-            r"(?:is|are|was|were|remains?) (?:possible|suspected|questioned|questionable|a possibility|a consideration|considered)",
+            r"(?:is|are|was|were|remains?) (?:also )?(?:possible|suspected|questioned|questionable|a possibility|a consideration|considered)",
             # hedged differentials: "pneumonia is in the differential", "... is another consideration"
             r"(?:is|are|would be|remains?) (?:also )?(?:in the differential|(?:an?|another|also a) (?:\w+ )?(?:consideration|possibility))",
             r"\?",
@@ -385,11 +390,12 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
             r"presumably",
             r"likely",
             r"questionable",
-            r"question of",
+            r"question(?: of)?",
             r"suspicious for",
             r"suspicion (?:of|for)",
-            r"suspected",
             r"suspect",
+            r"suggestion of",
+            r"favou?r(?:s|ed|ing)?(?: as)?",
             r"concern(?:ing)? for",
             r"worrisome for",
             r"suggest(?:s|ed|ing|ive of)?",

@@ -217,6 +217,17 @@ def _combine(old: float, new: float) -> float:
     return new if rank[new] > rank[old] else old
 
 
+def _without_gaps(m: re.Match[str]) -> list[tuple[int, int]]:
+    """The span of a fixed phrase less its gap groups: the anchor and the qualifier."""
+    spans, start = [], m.start()
+    for i in range(1, (m.re.groups or 0) + 1):
+        a, b = m.span(i)
+        if a >= 0:
+            spans.append((start, a))
+            start = b
+    return [*spans, (start, m.end())]
+
+
 def _label_text(text: str, labels: dict[str, float]) -> None:
     """Label normalised text in place. Patterns run once over the whole report (sentences
     joined by "|", which no pattern crosses); triggers are searched per sentence, and only in
@@ -229,7 +240,7 @@ def _label_text(text: str, labels: dict[str, float]) -> None:
             if not any(g in joined for g in guards):
                 continue
             for m in pattern.finditer(joined):
-                fixed.append((m.start(), m.end()))
+                fixed.extend(_without_gaps(m))
                 for obs in observations:
                     labels[obs] = _combine(labels[obs], value)
     masked = _mask(joined, fixed) if fixed else joined

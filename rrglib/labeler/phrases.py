@@ -54,8 +54,10 @@ SHORT_GAP = r"(?:\s(?!and|but|with|or|while|whereas)[\w']+){0,2}?\s"
 
 
 def _anchored(anchor: str, qualifier: str) -> list[str]:
-    """Both word orders: "<anchor> ... <qualifier>" and "<qualifier> <anchor>"."""
-    return [rf"{anchor}{GAP}{qualifier}", rf"{qualifier}{SHORT_GAP}{anchor}"]
+    """Both word orders: "<anchor> ... <qualifier>" and "<qualifier> <anchor>". The gap is a
+    capturing group: the engine masks anchor and qualifier only, so a finding named inside the
+    gap ("heart size and pulmonary vascular engorgement are within normal limits") is still read."""
+    return [rf"{anchor}({GAP}){qualifier}", rf"{qualifier}({SHORT_GAP}){anchor}"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,9 +262,9 @@ NORMAL_PHRASES: list[tuple[str, tuple[str, ...]]] = [
         for p in _anchored(MEDIASTINUM, _NORMAL_Q)
     ],
     *[(p, ("Edema",)) for p in _anchored(VASCULATURE, _NORMAL_Q)],
-    (rf"{COSTOPHRENIC}{GAP}{_CLEAR_Q}", ("Pleural Effusion",)),
+    (rf"{COSTOPHRENIC}({GAP}){_CLEAR_Q}", ("Pleural Effusion",)),
     (rf"(?:sharp|clear|normal|preserved) {COSTOPHRENIC}", ("Pleural Effusion",)),
-    (rf"{PLEURAL_SPACES}{GAP}(?:clear|normal|unremarkable)", ("Pleural Effusion", "Pneumothorax")),
+    (rf"{PLEURAL_SPACES}({GAP})(?:clear|normal|unremarkable)", ("Pleural Effusion", "Pneumothorax")),
     (rf"(?:clear|normal) {PLEURAL_SPACES}", ("Pleural Effusion", "Pneumothorax")),
 ]
 

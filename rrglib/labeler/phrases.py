@@ -444,4 +444,4 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
     ),
 ]
 
-POST_SCOPE_WORDS = 8  # how far back a post-trigger reaches ("effusion on the right has resolved")
+POST_SCOPE_WORDS = 12  # how far back a post-trigger reaches ("consolidation, atelectasis and blunting in the left lower lobe have cleared")

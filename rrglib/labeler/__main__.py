@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--text", help="label one report given on the command line")
     parser.add_argument("--reports", help="NLMCXR_reports.tgz (default: torchxrayvision's copy)")
     parser.add_argument("--chexbert", help="also score CheXbert from this local chexbert.pth")
+    parser.add_argument("--u0", action="store_true", help="count uncertain labels as negative")
     args = parser.parse_args(argv)
     if not args.command and not args.text:
         parser.error("give a command (agreement, frequencies) or --text")
@@ -40,9 +41,10 @@ def main(argv: list[str] | None = None) -> None:
         labelers = {"rule": get_labeler().label_reports, "naive": naive_label_reports}
         if args.chexbert:
             labelers["chexbert"] = get_labeler(args.chexbert).label_reports
-        tables = iu_agreement(labelers, reports)
+        tables = iu_agreement(labelers, reports, uncertain_positive=not args.u0)
+        rule = "uncertain = negative" if args.u0 else "positive or uncertain = positive"
         print(f"Agreement with IU X-Ray MeSH major tags ({len(reports)} reports, findings + "
-              "impression; positive or uncertain = positive)")  # fmt: skip
+              f"impression; {rule})")  # fmt: skip
         print(format_agreement(tables))
 
 

@@ -116,13 +116,15 @@ def mesh_reference(tag_lists: Iterable[Iterable[str]], index: Any = None) -> pd.
     return frame
 
 
-def agreement_table(predicted: pd.DataFrame, reference: pd.DataFrame) -> pd.DataFrame:
-    """Per observation: support, predicted, P, R, F1 (positive or uncertain counts as positive),
-    then rows ``macro-5`` (CHEXPERT_5) and ``macro-support>=20`` (observations with >= 20
+def agreement_table(
+    predicted: pd.DataFrame, reference: pd.DataFrame, uncertain_positive: bool = True
+) -> pd.DataFrame:
+    """Per observation: support, predicted, P, R, F1 (uncertain counts as positive unless
+    ``uncertain_positive`` is False, the "-u0" view), then rows ``macro-5`` (CHEXPERT_5) and ``macro-support>=20`` (observations with >= 20
     reference positives). P, R or F1 of an observation without positives on either side is 0."""
     rows = {}
     for obs in CHEXPERT_OBSERVATIONS:
-        pred = is_positive(predicted[obs].to_numpy(dtype=float))
+        pred = is_positive(predicted[obs].to_numpy(dtype=float), uncertain_positive)
         ref = reference[obs].to_numpy(dtype=float) == 1.0
         tp = int((pred & ref).sum())
         p = tp / pred.sum() if pred.sum() else 0.0
@@ -179,14 +181,16 @@ def naive_label_reports(texts: Iterable[str | None]) -> pd.DataFrame:
 
 
 def iu_agreement(
-    labelers: dict[str, Callable[[list[str]], pd.DataFrame]], reports: pd.DataFrame
+    labelers: dict[str, Callable[[list[str]], pd.DataFrame]],
+    reports: pd.DataFrame,
+    uncertain_positive: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """Agreement tables of each labeler (texts -> labels) on IU reports (``read_iu_xray_reports``
     columns ``report`` and ``mesh_major``)."""
     reference = mesh_reference(t.split(";") for t in reports["mesh_major"])
     texts = reports["report"].tolist()
     return {
-        name: agreement_table(label(texts).reset_index(drop=True), reference)
+        name: agreement_table(label(texts).reset_index(drop=True), reference, uncertain_positive)
         for name, label in labelers.items()
     }
 

@@ -1,4 +1,4 @@
-"""Rule-based CheXpert-style labeler: report text -> 14 observations (1 / 0 / -1 / NaN).
+"""The matching engine of the rule-based labeler (phrase data: ``rrglib.labeler.phrases``).
 
 Values follow CheXpert: 1.0 positive, 0.0 negative, -1.0 uncertain, NaN not mentioned.
 
@@ -8,14 +8,18 @@ How a report is read:
 2. Split into sentences (".", ";", "!", new lines, numbered-list markers; not decimals, not
    "vs.").
 3. Fixed assertions are matched first (``NORMAL_PHRASES``, ``UNCERTAIN_PHRASES``): an anatomical
-   anchor with a qualifier, e.g. "heart size is normal" -> Cardiomegaly 0, "heart size is upper
-   limits of normal" -> Cardiomegaly -1. Their spans are masked so the findings step ignores them.
+   anchor with a qualifier, e.g. "heart size is normal" (or "at the upper limits of normal") ->
+   Cardiomegaly 0, "borderline heart size" -> Cardiomegaly -1. Anchor and qualifier are masked so
+   the findings step ignores them; the words between them are not ("heart size and pulmonary
+   vascular engorgement are within normal limits" still reads the engorgement, negated).
 4. Finding mentions (``MENTIONS``) are matched; mentions inside an ``UNMENTIONS`` phrase
-   ("pericardial effusion") are dropped, and so is a mention lying strictly inside a longer mention
-   of another observation ("scarring" inside "pleural scarring").
+   ("pericardial effusion", "prior granulomatous infection") are dropped, and so is a mention
+   lying strictly inside a longer mention of another observation ("scarring" inside "pleural
+   scarring"). A slash separates findings ("atelectasis/scarring" mentions both).
 5. Each mention takes the nearest negation / uncertainty trigger in its scope (NegEx style):
    pre-triggers ("no", "cannot exclude") reach forward to the end of the sentence or a terminator
-   ("but", "however", ...); post-triggers ("has resolved", "cannot be excluded") reach back over at
+   that starts a new clause ("but", "however", "which", "with", "and" + a new finding's modifier:
+   "no effusion and moderate cardiomegaly"); post-triggers ("has resolved", "cannot be excluded") reach back over at
    most ``POST_SCOPE_WORDS`` words. Pre-negation uncertainty ("cannot exclude", "not ruled out") is
    matched before plain negation so that its "not" never negates. Pseudo-triggers ("no change",
    "not resolved") are masked and do nothing. A negation word inside a mention span ("heart is not
@@ -28,10 +32,6 @@ Empty reports: a text that is None, empty, or holds nothing but de-identificatio
 punctuation is "no report", and every observation, No Finding included, is NaN. We chose this so
 that an empty generation is not rewarded as a normal study. Any other text, even one without a
 single mention ("No acute cardiopulmonary process."), gets No Finding = 1.
-
-The phrase lists below are regular-expression fragments written as readable phrases (one space
-between words; they are matched against normalised text). The SynthCXR report grammar writes its
-sentences so that this labeler reads its labels back exactly; change both together.
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ class ChexbertLabeler:
         bert = {k.removeprefix("bert."): v for k, v in state.items() if k.startswith("bert.")}
         # Saved by older transformers or by the pooled BertModel CheXbert was trained from; the
         # heads read the [CLS] hidden state, so neither is part of the model we rebuild.
-        bert = {k: v for k, v in bert.items() if k not in IGNORED_BERT_KEYS}
+        expected = set(self.bert.state_dict())
+        bert = {k: v for k, v in bert.items() if k not in IGNORED_BERT_KEYS or k in expected}
         heads = {
             k.removeprefix("linear_heads."): v
             for k, v in state.items()

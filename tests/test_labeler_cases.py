@@ -332,6 +332,10 @@ CASES: list[tuple[str, str]] = [
     ("Prominent central pulmonary vasculature.", "ED=1"),
     ("Findings consistent with congestive heart failure.", "ED=1"),
     ("The lateral view limits evaluation for an effusion.", "NF=1"),  # a request, no finding
+    # a broken device is a device, not a Fracture; a conditional request asserts nothing
+    ("The lateral screw of the clavicular fixation hardware is fractured.", "SD=1 NF=1"),
+    ("If there is concern for rib fracture, consider a dedicated rib series.", "NF=1"),
+    ("Possibility of a nondisplaced left rib fracture.", "FR=u"),
     (
         "Consolidation, atelectasis and costophrenic blunting in the left lower lobe have "
         "cleared in the interval.",

@@ -230,7 +230,16 @@ UNMENTIONS: dict[str, list[str]] = {
     ],
     "Lung Opacity": [r"(?:breast|soft tissue|nipple) (?:opacit(?:y|ies)|shadows?)"],
     "Atelectasis": [r"(?:vertebral|vertebral body|compression) collapse"],
-    "Fracture": [r"(?:healed )?fracture fixation"],
+    "Fracture": [
+        r"(?:healed )?fracture fixation",
+        # a broken device is not a broken bone: "the lateral screw is fractured", "lead fracture"
+        r"(?:screws?|wires?|catheters?|leads?|hardware|plates?|rods?|devices?) (?:is |are |appears? )?(?:fractures?|fractured)",
+        r"fractured (?:\w+ ){0,2}?(?:screws?|wires?|catheters?|leads?|hardware|plates?|rods?|devices?)",
+        r"fracture of the (?:\w+ ){0,3}?(?:screws?|wires?|catheters?|leads?|hardware|plates?|rods?|devices?)",
+        # a conditional request is not a finding: "if there is concern for fracture, consider ..."
+        r"if (?:[\w']+ ){0,4}?concern for (?:\w+ ){0,3}?fractures?",
+        r"(?:evaluation|evaluate|assessment|assess) (?:of|for) (?:\w+ ){0,3}?fractures?",
+    ],
     "Support Devices": [
         r"(?:pleural|fissure|skin|mach|septal|kerley b) lines?",
         r"leads? to",
@@ -393,6 +402,7 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
             r"likely",
             r"questionable",
             r"question(?: of)?",
+            r"possibility of",
             r"suspicious for",
             r"suspicion (?:of|for)",
             r"suspect",

@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from data_prep.common import LOCK_NAME, build_lock, fraction, int_at_least, one_line_errors
 from data_prep.iu_xray import parse_reports, report_text
+from rrglib.iu_reports import reports_path
 from data_prep.synthcxr import Finding, Patient, draw_attributes, render, write_report
 from rrglib.data import (
     META_NAME,
@@ -50,9 +51,7 @@ OWNER_MARKER = ".synthcxr"
 
 def source_reports(reports_tgz: str | Path | None = None) -> pd.DataFrame:
     """IU reports with text, their 14 labels and target text (the iu_xray rules)."""
-    from data_prep.iu_xray import default_reports_tgz
-
-    df = parse_reports(reports_tgz or default_reports_tgz())
+    df = parse_reports(reports_tgz or reports_path())
     picked = [
         report_text(f, i, False) for f, i in zip(df["findings"], df["impression"], strict=True)
     ]

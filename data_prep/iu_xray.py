@@ -19,17 +19,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import re
-import tarfile
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from data_prep.common import build_lock, extract, fetch, one_line_errors, require_rows
 from rrglib.data import attach_labels, seeded_split, split_counts, write_manifest
+from rrglib.iu_reports import parse_report_xml, parse_reports, reports_path  # noqa: F401  (the one IU report parser; re-exported)
 
 OPENI_BASE = "https://openi.nlm.nih.gov/imgs/collections"
 ARCHIVES = ("NLMCXR_png.tgz", "NLMCXR_reports.tgz")
@@ -44,54 +41,6 @@ def _torchxrayvision_data(name: str) -> Path | None:
         return None
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
     return path if path.is_file() else None
-
-
-def default_reports_tgz() -> Path:
-    """`NLMCXR_reports.tgz` inside the installed torchxrayvision package."""
-    path = _torchxrayvision_data("NLMCXR_reports.tgz")
-    if path is None:
-        raise FileNotFoundError(
-            "NLMCXR_reports.tgz not found: install torchxrayvision==1.5.7 (it ships the file) "
-            "or pass --reports-tgz PATH (or --download)."
-        )
-    return path
-
-
-def _clean(text: str | None) -> str:
-    return re.sub(r"\s+", " ", text or "").strip()
-
-
-def parse_report_xml(data: bytes | str) -> dict[str, Any]:
-    """One OpenI XML report -> dict of its sections, MeSH tags and image ids."""
-    root = ET.fromstring(data)
-    sections = {
-        (el.get("Label") or "").upper(): _clean(el.text) for el in root.iter("AbstractText")
-    }
-    uid = root.find("uId")
-    return {
-        "id": uid.get("id") if uid is not None else "",
-        "comparison": sections.get("COMPARISON", ""),
-        "indication": sections.get("INDICATION", ""),
-        "findings": sections.get("FINDINGS", ""),
-        "impression": sections.get("IMPRESSION", ""),
-        "mesh_major": ";".join(_clean(e.text) for e in root.iter("major")),
-        "mesh_automatic": ";".join(_clean(e.text) for e in root.iter("automatic")),
-        "image_ids": ";".join(e.get("id", "") for e in root.iter("parentImage")),
-    }
-
-
-def parse_reports(tgz: str | Path) -> pd.DataFrame:
-    """All reports of an `NLMCXR_reports.tgz`, one row each, sorted by IU number."""
-    rows = []
-    with tarfile.open(tgz, "r:*") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".xml"):
-                rows.append(parse_report_xml(tar.extractfile(member).read()))
-    if not rows:
-        raise ValueError(f"{tgz}: no XML reports inside; is this NLMCXR_reports.tgz?")
-    df = pd.DataFrame(rows)
-    df["_n"] = df["id"].str.extract(r"(\d+)", expand=False).astype(int)
-    return df.sort_values("_n").drop(columns="_n").reset_index(drop=True)
 
 
 def load_view_positions(path: str | Path | None = None) -> dict[str, str]:
@@ -197,7 +146,7 @@ def _build(
     labels: bool,
     metadata_csv: str | Path | None,
 ) -> pd.DataFrame:
-    tgz = Path(reports_tgz) if reports_tgz else default_reports_tgz()
+    tgz = Path(reports_tgz) if reports_tgz else reports_path()
     df = parse_reports(tgz)
     df["split"] = seeded_split(df["id"].tolist(), seed)
     picked = [

@@ -668,7 +668,7 @@ UNCERTAIN: dict[str, list[str]] = {
     "Cardiomegaly": [
         "The heart size is borderline.",
         "Borderline cardiomegaly.",
-        "The heart size is upper limits of normal.",
+        "The heart is borderline enlarged.",
     ],
     "Lung Opacity": ["{Hedge} faint opacity in the {side} {zone}."],
     "Lung Lesion": ["{Hedge} small {kind} in the {side} {zone}."],

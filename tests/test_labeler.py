@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.labeler import (
     MENTIONS,
     get_labeler,
@@ -18,6 +16,8 @@ from rrglib.labeler import (
     label_reports,
     read_iu_xray_reports,
 )
+from rrglib.labeler.agreement import agreement_table, mesh_reference, naive_label_reports
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 
 
 def test_label_report_keys_in_order() -> None:
@@ -86,9 +86,16 @@ def test_iu_xray_label_frequencies(iu_labels: pd.DataFrame) -> None:
     assert table.loc["Pleural Effusion", "negative"] > 0.5 * len(iu_labels)
 
 
-def test_labeler_speed() -> None:
-    reports = read_iu_xray_reports()["report"].tolist()[:1000]
-    start = time.perf_counter()
-    label_reports(reports)
-    rate = len(reports) / (time.perf_counter() - start)
-    assert rate > 500, f"{rate:.0f} reports/s"  # ~2,000/s measured; loose for shared CI machines
+# Speed (>= 500 reports/s on one core) is measured by benchmarks/bench_labeler.py, not here: a
+# wall-clock threshold fails on a loaded CI machine without saying anything about the code.
+
+
+def test_iu_mesh_agreement(iu_labels: pd.DataFrame) -> None:
+    """The development reference: IU's MeSH major tags (see rrglib.labeler.agreement)."""
+    reports = read_iu_xray_reports()
+    reference = mesh_reference(t.split(";") for t in reports["mesh_major"])
+    rule = agreement_table(iu_labels.reset_index(drop=True), reference)
+    naive = agreement_table(naive_label_reports(reports["report"]), reference)
+    assert rule.loc["macro-5", "F1"] >= 0.90  # 0.902 measured
+    assert rule.loc["macro-5", "F1"] > naive.loc["macro-5", "F1"] + 0.05
+    assert rule.loc["macro-support>=20", "F1"] > naive.loc["macro-support>=20", "F1"]

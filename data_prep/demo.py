@@ -29,7 +29,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from data_prep.common import LOCK_NAME, build_lock, fraction, int_at_least, one_line_errors
 from data_prep.iu_xray import parse_reports, report_text
-from rrglib.iu_reports import reports_path
 from data_prep.synthcxr import Finding, Patient, draw_attributes, render, write_report
 from rrglib.data import (
     META_NAME,
@@ -40,6 +39,7 @@ from rrglib.data import (
     split_counts,
     write_manifest,
 )
+from rrglib.iu_reports import reports_path
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 
 FINDING_NAMES = tuple(o for o in CHEXPERT_OBSERVATIONS if o != "No Finding")

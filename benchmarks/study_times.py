@@ -21,7 +21,8 @@ def main() -> None:
     path = Path(args.study_dir) / "manifest.json"
     if not path.is_file():
         raise SystemExit(f"{path} not found: run the study first (python -m rrglib.study run ...)")
-    steps = json.loads(path.read_text())["steps"]
+    manifest = json.loads(path.read_text())
+    steps = manifest["steps"]
     rows, per_notebook, total = [], {}, 0.0
     for key, rec in steps.items():
         wall = rec.get("wall_s") or 0.0
@@ -34,6 +35,12 @@ def main() -> None:
     print(table([{"notebook": k, "minutes (all runs)": f"{v / 60:.1f}"} for k, v in per_notebook.items()],
                 ["notebook", "minutes (all runs)"]))
     print(f"\ntotal: {total / 60:.1f} minutes of notebook execution")
+    for env in manifest.get("environments", {}).values():  # what the times were measured on
+        threads = sorted({str(r.get("threads")) for r in steps.values() if r.get("threads")})
+        print(f"on {env['cpu']['model']} ({env['torch_build']['cpu_capability']}), "
+              f"threads {', '.join(threads)}, torch {env['packages']['torch']}")
+    for line in manifest.get("warnings", []):
+        print(line)
 
 
 if __name__ == "__main__":

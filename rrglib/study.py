@@ -1,123 +1,82 @@
-"""Study runner: executes the ordered notebooks of a study spec with papermill.
+"""Study runner: a study spec -> its notebooks executed in order with papermill -> a manifest.
 
-    python -m rrglib.study run configs/study_demo.yaml [--dry-run] [--jobs N]
-        [-p key=value ...] [--only RUN ...] [--force [NAME ...]]
+    python -m rrglib.study run configs/study_demo.yaml [--dry-run] [-p key=value ...]
+        [--only RUN ...] [--force [NAME ...]]
     python -m rrglib.study status configs/study_demo.yaml [-p key=value ...]
 
 Study spec (YAML)::
 
-    name: demo                  # required; results/<name>/ and runs/<name>/ by default
+    name: demo                  # results/<name>/ and runs/<name>/ by default
     results_dir: results/demo   # optional: executed notebooks, HTML, manifest.json
     work_dir: runs/demo         # optional: checkpoints, caches (gitignored)
-    notebooks_dir: notebooks    # optional; default <root>/notebooks
     config: configs/demo.yaml   # optional base run config; else parameters.base_config
-    parameters:                 # papermill parameters for every notebook (CLI -p wins)
-      base_config: configs/demo.yaml
-      num_threads: 1
-    before: [00_overview, 10_data]          # study-level, once, in order, before the runs
+    parameters: {base_config: configs/demo.yaml, ...}   # for every notebook (-p wins)
+    before: [00_overview, 10_data]          # study-level, once, before the runs
     runs:
-      - name: frozen                        # [A-Za-z0-9_.-]+, unique
-        overrides: [train.strategy=frozen]  # section.key=value on the base config
-        config: configs/other.yaml          # optional per-run base config
-        parameters: {extra: 1}              # optional per-run parameters
-    per_run: [20_train, 30_evaluate]        # executed in order for every run
-    after: [90_summary]                     # study-level, after all runs are done
+      - {name: frozen, overrides: [train.strategy=frozen], parameters: {}, config: ...}
+    per_run: [20_train, 30_evaluate]        # in order for every run
+    after: [90_summary]                     # after every run is done
+    comparisons: [[two_stage, frozen], ...] # run pairs 90_summary tests (optional)
 
-The root (the notebooks' working directory, against which every relative path resolves)
-is the spec file's parent's parent (configs/.. = the repo), or `root:` in the spec.
-A notebook name `20_train` means `<notebooks_dir>/20_train.ipynb`; its executed copy is
-`<results_dir>/<run>/20_train.ipynb` (study-level steps: `<results_dir>/20_train.ipynb`),
-with an offline-readable HTML export beside it.
+Notebooks run with cwd = the repo root (the spec's parent's parent, or `root:`). Each gets the
+standard parameters (`study_name`, `study_dir`, `work_dir`, `run_name`, `run_dir`,
+`run_work_dir`, `config`, `overrides`, `runs`, `comparisons`, `num_threads`; paths relative
+to the root)
+and then the spec's, the run's and the `-p` parameters. A parameter no notebook of the study
+declares is an error, so a misspelt name never runs the study with a default.
 
-Standard parameters every notebook receives (paths relative to the root):
-`study_name`, `study_dir`, `work_dir`, `run_name`, `run_dir`, `run_work_dir` (the last
-three None for study-level steps), `config` (the run's base config path), `overrides`
-(list of str), `runs` (all run names), `num_threads` (from the parameters, else
-cores // jobs for run steps, all cores for study-level ones; the kernel also gets
-OMP_NUM_THREADS / MKL_NUM_THREADS). Then the spec's `parameters`, the run's `parameters`
-and the CLI `-p` values (YAML scalars), later ones winning; none may reuse a standard name.
-The base config is the run's `config`, else the spec's `config`, else the `base_config`
-parameter (so `-p base_config=configs/smoke.yaml` reruns a whole study at smoke size).
-
-Kernel: `python3` when its kernelspec starts this interpreter (a bare `python` argv, which
-jupyter_client replaces with sys.executable, or this exact path); otherwise a private
-kernelspec for sys.executable under <work_dir>/.jupyter, found through JUPYTER_PATH.
-Notebooks run with cwd = root. With `--jobs N` runs go to N spawned worker processes;
-the parent alone writes manifest.json, atomically, at every step start and end.
-
-Reruns: a step's config hash covers the notebook file, the parameters its `parameters` cell
-declares (so a study parameter only one notebook reads reruns only that notebook and what
-follows it; not `num_threads`, which only sets speed; `runs` only for `after` steps, so
-adding a run redoes only the summary) and its config (YAML with overrides applied). A step
-executes again when it never finished, its hash changed, its executed notebook is missing, it is forced (`--force`:
-everything; `--force NAME`: the runs, step keys like `frozen/30_evaluate`, or notebooks
-named), or a step it depends on executes again (the previous step of its run; for the first
-run step the last `before` step; for `after` steps every run's last step). So a change
-reruns everything after it, and a failed study resumes at the failed step. `--only RUN`
-executes only those runs (and stale study-level steps); `after` steps wait until every run
-is done. Steps planned but not reached after a failure are marked `skipped`.
-The manifest names the checkout it was executed in (an id in `<work_dir>/.study-workspace`):
-in another checkout, such as a fresh clone holding the committed results but none of the
-checkpoints, every step executes again.
+A step executes again when it never finished, when its notebook, the parameters its
+`parameters` cell declares, or its config changed, when it is forced, or when a step it reads
+from executes again; so a failed study resumes at the failed step. Results executed in another
+checkout (a fresh clone with the committed results and no checkpoints) execute again.
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import concurrent.futures
 import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
-import queue
 import re
-import subprocess
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from rrglib import provenance
 from rrglib.config import apply_overrides
+from rrglib.export import export_html, relative_paths
 
 STANDARD_PARAMETERS = (
-    "study_name",
-    "study_dir",
-    "work_dir",
-    "run_name",
-    "run_dir",
-    "run_work_dir",
-    "config",
-    "overrides",
-    "runs",
-)
+    "study_name", "study_dir", "work_dir", "run_name", "run_dir", "run_work_dir", "config",
+    "overrides", "runs", "comparisons", "num_threads",
+)  # fmt: skip
+# Read by the runner itself (the base config), so valid without a notebook declaring it.
+RUNNER_PARAMETERS = ("base_config",)
 # Parameters that change how fast a notebook runs, not what it computes: kept out of hashes.
 EXECUTION_ONLY_PARAMETERS = ("num_threads",)
-VERSIONED_PACKAGES = (
-    "torch",
-    "transformers",
-    "peft",
-    "accelerate",
-    "papermill",
-    "nbconvert",
-    "ipykernel",
-)
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+SPEC_KEYS = ("name", "root", "results_dir", "work_dir", "notebooks_dir", "config", "parameters",
+             "before", "runs", "per_run", "after", "comparisons")
+# A name becomes a directory: no `.`/`..`, no separators, no leading dash or dot.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+WORKSPACE_FILE = ".study-workspace"
 _ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _KERNEL_NAME = "rrg-study-python"
 
 
 class SpecError(ValueError):
-    """The study spec is malformed or names files that do not exist."""
+    """The study spec or a command-line argument is wrong; the message says how to fix it."""
 
 
 class StudyLocked(RuntimeError):
@@ -125,11 +84,15 @@ class StudyLocked(RuntimeError):
 
 
 class StudyFailed(RuntimeError):
-    """A notebook failed; `.manifest` holds the state that was written."""
+    """A notebook failed or the run was interrupted; `.manifest` holds what was written."""
 
     def __init__(self, message: str, manifest: Manifest):
         super().__init__(message)
         self.manifest = manifest
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the running step is recorded as failed."""
 
 
 # -- spec ----------------------------------------------------------------------------------
@@ -156,10 +119,15 @@ class StudySpec:
     runs: list[RunSpec]
     per_run: list[str]
     after: list[str]
+    comparisons: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def manifest_path(self) -> Path:
         return self.results_dir / "manifest.json"
+
+    @property
+    def notebooks(self) -> list[str]:
+        return [*self.before, *self.per_run, *self.after]
 
 
 def parse_param(item: str) -> tuple[str, Any]:
@@ -170,99 +138,125 @@ def parse_param(item: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw)
 
 
-def load_spec(path: str | Path, params: dict[str, Any] | None = None) -> StudySpec:
-    """Read and validate a study spec; `params` (e.g. from `-p`) override its parameters."""
-    path = Path(path).resolve()
+def check_name(name: Any, what: str) -> str:
+    """`name` if it is safe as a directory name, else a SpecError saying what is allowed."""
+    if not isinstance(name, str) or not SAFE_NAME.match(name):
+        raise SpecError(
+            f"{what} {name!r} is not a safe name: use letters, digits, _ . - starting with a "
+            "letter or digit (it becomes a directory; `.` and `..` are refused)")
+    return name
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise SpecError(f"study spec {path} does not exist (see configs/study_*.yaml)")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a study spec must be a YAML mapping")
-    known = {
-        "name",
-        "root",
-        "results_dir",
-        "work_dir",
-        "notebooks_dir",
-        "config",
-        "parameters",
-        "before",
-        "runs",
-        "per_run",
-        "after",
-    }
-    unknown = sorted(set(data) - known)
+    unknown = sorted(set(data) - set(SPEC_KEYS))
     if unknown:
-        raise SpecError(
-            f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
-        )
-    name = data.get("name")
-    if not isinstance(name, str) or not _NAME_RE.match(name):
-        raise SpecError(f"{path}: `name` must be a simple name like demo, got {name!r}")
-    root = (path.parent / data["root"]).resolve() if "root" in data else path.parent.parent
-    params = dict(params or {})
-    parameters = dict(data.get("parameters") or {})
-    for where, mapping in (("parameters", parameters), ("-p", params)):
-        clash = sorted(set(mapping) & set(STANDARD_PARAMETERS))
-        if clash:
-            raise SpecError(f"{path}: {where} may not set standard parameter(s) {', '.join(clash)}")
+        raise SpecError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(SPEC_KEYS)}")
+    return data
 
+
+def _parse_runs(path: Path, raw_runs: list[Any]) -> list[RunSpec]:
     runs = []
-    for i, raw in enumerate(data.get("runs") or []):
-        if not isinstance(raw, dict) or not _NAME_RE.match(str(raw.get("name", ""))):
-            raise SpecError(f"{path}: runs[{i}] needs a `name` made of letters, digits, _ . -")
+    for i, raw in enumerate(raw_runs):
+        if not isinstance(raw, dict):
+            raise SpecError(f"{path}: runs[{i}] must be a mapping with a `name`")
+        name = check_name(raw.get("name"), f"{path}: runs[{i}] name")
         extra = sorted(set(raw) - {"name", "overrides", "parameters", "config"})
         if extra:
-            raise SpecError(f"{path}: runs[{i}] ({raw['name']}): unknown key(s) {', '.join(extra)}")
-        run_params = dict(raw.get("parameters") or {})
-        clash = sorted(set(run_params) & set(STANDARD_PARAMETERS))
-        if clash:
-            raise SpecError(
-                f"{path}: run {raw['name']} may not set standard parameter(s) {', '.join(clash)}"
-            )
-        runs.append(
-            RunSpec(
-                str(raw["name"]),
-                [str(o) for o in raw.get("overrides") or []],
-                run_params,
-                raw.get("config"),
-            )
-        )
+            raise SpecError(f"{path}: run {name}: unknown key(s) {', '.join(extra)}; "
+                            "valid: name, overrides, parameters, config")
+        overrides = [str(o) for o in raw.get("overrides") or []]
+        runs.append(RunSpec(name, overrides, dict(raw.get("parameters") or {}), raw.get("config")))
     names = [r.name for r in runs]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SpecError(f"{path}: run name(s) used twice: {', '.join(dupes)}")
+    return runs
 
+
+def _parse_comparisons(path: Path, raw: Any, runs: list[RunSpec]) -> list[tuple[str, str]]:
+    names = {r.name for r in runs}
+    pairs = []
+    for item in raw or []:
+        if not (isinstance(item, list) and len(item) == 2 and set(item) <= names):
+            raise SpecError(f"{path}: comparisons: {item!r} must be a pair of run names from "
+                            f"{', '.join(sorted(names))}, e.g. [two_stage, frozen]")
+        pairs.append((str(item[0]), str(item[1])))
+    return pairs
+
+
+def load_spec(path: str | Path, params: dict[str, Any] | None = None) -> StudySpec:
+    """Read and validate a study spec; `params` (e.g. from `-p`) override its parameters."""
+    path = Path(path).resolve()
+    data = _read_mapping(path)
+    name = check_name(data.get("name"), f"{path}: study name")
+    root = (path.parent / data["root"]).resolve() if "root" in data else path.parent.parent
+    runs = _parse_runs(path, data.get("runs") or [])
     notebooks_dir = root / data.get("notebooks_dir", "notebooks")
-    lists = {
-        k: [str(n).removesuffix(".ipynb") for n in data.get(k) or []]
-        for k in ("before", "per_run", "after")
-    }
-    missing = sorted(
-        {n for ns in lists.values() for n in ns if not (notebooks_dir / f"{n}.ipynb").is_file()}
-    )
+    lists = {k: [str(n).removesuffix(".ipynb") for n in data.get(k) or []]
+             for k in ("before", "per_run", "after")}
+    listed = {n for ns in lists.values() for n in ns}
+    missing = sorted(n for n in listed if not (notebooks_dir / f"{n}.ipynb").is_file())
     if missing:
         raise SpecError(f"{path}: notebook(s) not found in {notebooks_dir}: {', '.join(missing)}")
-    clash = sorted(set(names) & {n for ns in lists.values() for n in ns})
+    clash = sorted({r.name for r in runs} & listed)
     if clash:
         raise SpecError(f"{path}: run name(s) equal to notebook names: {', '.join(clash)}")
     if runs and not lists["per_run"]:
         raise SpecError(f"{path}: `runs` given but `per_run` lists no notebooks")
-    return StudySpec(
-        name=name,
-        path=path,
-        root=root,
-        notebooks_dir=notebooks_dir,
+    spec = StudySpec(
+        name=name, path=path, root=root, notebooks_dir=notebooks_dir,
         results_dir=root / data.get("results_dir", f"results/{name}"),
         work_dir=root / data.get("work_dir", f"runs/{name}"),
-        config=data.get("config"),
-        parameters=parameters,
-        cli_parameters=params,
-        before=lists["before"],
-        runs=runs,
-        per_run=lists["per_run"],
-        after=lists["after"],
-    )
+        config=data.get("config"), parameters=dict(data.get("parameters") or {}),
+        cli_parameters=dict(params or {}), runs=runs,
+        comparisons=_parse_comparisons(path, data.get("comparisons"), runs), **lists,
+    )  # fmt: skip
+    _check_parameters(spec)
+    return spec
+
+
+def _check_parameters(spec: StudySpec) -> None:
+    """No standard name reused; every given parameter declared by some notebook of the study."""
+    declared: set[str] = set()
+    for nb in spec.notebooks:
+        names = declared_parameters(spec.notebooks_dir / f"{nb}.ipynb")
+        if names is None:  # a notebook without a parameters cell takes anything
+            return
+        declared |= names
+    valid = (declared | set(RUNNER_PARAMETERS)) - set(STANDARD_PARAMETERS) | {"num_threads"}
+    sources = [("-p", spec.cli_parameters), (f"{spec.path.name} parameters", spec.parameters)]
+    sources += [(f"{spec.path.name} run {r.name}", r.parameters) for r in spec.runs]
+    for where, mapping in sources:
+        clash = sorted(set(mapping) & (set(STANDARD_PARAMETERS) - {"num_threads"}))
+        if clash:
+            raise SpecError(f"{where}: may not set standard parameter(s) {', '.join(clash)} "
+                            "(the runner sets them)")
+        unknown = sorted(set(mapping) - valid)
+        if unknown:
+            raise SpecError(f"{where}: unknown parameter(s) {', '.join(unknown)}: no notebook of "
+                            f"the study declares them; valid: {', '.join(sorted(valid))}")
+
+
+def declared_parameters(notebook: Path) -> set[str] | None:
+    """Names the notebook's `parameters` cell assigns; None if it has no such cell."""
+    for cell in json.loads(notebook.read_text()).get("cells", []):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            names: set[str] = set()
+            for node in ast.parse("".join(cell.get("source", []))).body:
+                if isinstance(node, ast.Assign):
+                    names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+                elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                    names.add(node.target.id)
+            return names
+    return None
 
 
 # -- plan ----------------------------------------------------------------------------------
@@ -282,10 +276,6 @@ class Step:
     action: str = "run"  # run | skip | hold (not selected, or waits for a held step)
     reason: str = ""
 
-    @property
-    def html(self) -> Path:
-        return self.output.with_suffix(".html")
-
 
 def _rel(path: Path, root: Path) -> str:
     try:
@@ -294,57 +284,35 @@ def _rel(path: Path, root: Path) -> str:
         return str(path)
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _config_digest(root: Path, config: str | None, overrides: list[str]) -> str:
     # The parsed YAML with overrides applied, so comment and layout edits do not rerun.
     if config is None:
-        return _digest(json.dumps(overrides).encode())
+        return _digest(overrides)
     path = root / config
     if not path.is_file():
         return f"missing:{config}"
     data = yaml.safe_load(path.read_text()) or {}
     if isinstance(data, dict):
         apply_overrides(data, overrides)
-    return _digest(json.dumps(data, sort_keys=True, default=str).encode())
-
-
-def declared_parameters(notebook: Path) -> set[str] | None:
-    """Names the notebook's `parameters` cell assigns; None if it has no such cell."""
-    cells = json.loads(notebook.read_text()).get("cells", [])
-    for cell in cells:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            source = "".join(cell.get("source", []))
-            names: set[str] = set()
-            for node in ast.parse(source).body:
-                targets = node.targets if isinstance(node, ast.Assign) else (
-                    [node.target] if isinstance(node, ast.AnnAssign) else [])
-                names.update(t.id for t in targets if isinstance(t, ast.Name))
-            return names
-    return None
+    return _digest(data)
 
 
 def _parameters_digest(params: dict[str, Any], declared: set[str] | None, phase: str) -> str:
     # Adding a run must not invalidate the others: only `after` steps depend on the run list.
     unhashed = set(EXECUTION_ONLY_PARAMETERS) | ({"runs"} if phase != "after" else set())
-    hashed = {k: v for k, v in params.items()
-              if k not in unhashed and (declared is None or k in declared)}
-    return _digest(json.dumps(hashed, sort_keys=True, default=str).encode())
+    return _digest({k: v for k, v in params.items()
+                    if k not in unhashed and (declared is None or k in declared)})
 
 
-def _num_threads(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, jobs))
-
-
-def _make_step(
-    spec: StudySpec, nb: str, run: RunSpec | None, phase: str, upstream: list[str], jobs: int
-) -> Step:
+def _make_step(spec: StudySpec, nb: str, run: RunSpec | None, phase: str,
+               upstream: list[str]) -> Step:
     root = spec.root
-    config = (run.config if run and run.config else None) or spec.config
     merged = {**spec.parameters, **(run.parameters if run else {}), **spec.cli_parameters}
-    config = config or merged.get("base_config")
+    config = (run.config if run else None) or spec.config or merged.get("base_config")
     overrides = list(run.overrides) if run else []
     run_dir = spec.results_dir / run.name if run else None
     params: dict[str, Any] = {
@@ -357,43 +325,34 @@ def _make_step(
         "config": config,
         "overrides": overrides,
         "runs": [r.name for r in spec.runs],
-        "num_threads": _num_threads(jobs),
+        "comparisons": [list(pair) for pair in spec.comparisons],
+        "num_threads": os.cpu_count() or 1,
         **merged,
     }
     notebook = spec.notebooks_dir / f"{nb}.ipynb"
     hashes = {
-        "notebook": _digest(notebook.read_bytes()),
+        "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest()[:16],
         "parameters": _parameters_digest(params, declared_parameters(notebook), phase),
         "config": _config_digest(root, config, overrides),
     }
     return Step(
-        key=f"{run.name}/{nb}" if run else nb,
-        phase=phase,
-        run=run.name if run else None,
-        notebook=notebook,
-        output=(run_dir or spec.results_dir) / f"{nb}.ipynb",
-        parameters=params,
-        config=config,
-        overrides=overrides,
-        upstream=upstream,
-        hashes=hashes,
-        config_hash=_digest(json.dumps(hashes, sort_keys=True).encode()),
-    )
-
-
-WORKSPACE_FILE = ".study-workspace"
+        key=f"{run.name}/{nb}" if run else nb, phase=phase, run=run.name if run else None,
+        notebook=notebook, output=(run_dir or spec.results_dir) / f"{nb}.ipynb",
+        parameters=params, config=config, overrides=overrides, upstream=upstream,
+        hashes=hashes, config_hash=_digest(hashes),
+    )  # fmt: skip
 
 
 def read_workspace(work_dir: Path) -> str | None:
     """The id of the checkout whose <work_dir> holds this study's checkpoints (None if absent)."""
     path = Path(work_dir) / WORKSPACE_FILE
-    return path.read_text().strip() or None if path.is_file() else None
+    return (path.read_text().strip() or None) if path.is_file() else None
 
 
 def _ensure_workspace(work_dir: Path) -> str:
-    # The manifest (committed with the results) names the workspace it was executed in; a fresh
-    # clone has no <work_dir>, so its first `run` executes the whole study instead of skipping
-    # steps whose checkpoints it does not have.
+    # The committed manifest names the workspace it was executed in; a fresh clone has no
+    # <work_dir>, so its first `run` executes the whole study instead of skipping steps whose
+    # checkpoints it does not have.
     current = read_workspace(work_dir)
     if current is None:
         work_dir.mkdir(parents=True, exist_ok=True)
@@ -407,37 +366,45 @@ def from_another_checkout(spec: StudySpec, manifest: Manifest) -> bool:
     return bool(manifest.steps) and manifest.data.get("workspace") != read_workspace(spec.work_dir)
 
 
-def plan(
-    spec: StudySpec,
-    manifest: Manifest | None = None,
-    force: list[str] | None = None,
-    only: list[str] | None = None,
-    jobs: int = 1,
-) -> list[Step]:
+def _check_selection(spec: StudySpec, force: list[str] | None, only: list[str] | None) -> None:
+    runs = [r.name for r in spec.runs]
+    unknown = sorted(set(only or []) - set(runs))
+    if unknown:
+        raise SpecError(f"--only: no run named {', '.join(unknown)} in {spec.path.name}; "
+                        f"valid: {', '.join(runs)}")
+    keys = {f"{r}/{nb}" for r in runs for nb in spec.per_run}
+    unknown = sorted(set(force or []) - set(runs) - set(spec.notebooks) - keys)
+    if unknown:
+        raise SpecError(
+            f"--force: no run, notebook or step named {', '.join(unknown)} in {spec.path.name}; "
+            f"valid: runs {', '.join(runs) or '(none)'}; notebooks {', '.join(spec.notebooks)}; "
+            f"or a step such as {next(iter(sorted(keys)), '10_data')}")
+
+
+def plan(spec: StudySpec, manifest: Manifest | None = None, force: list[str] | None = None,
+         only: list[str] | None = None) -> list[Step]:
     """All steps of the study in execution order, each with an action (run/skip/hold) and why.
 
     `force`: None (nothing), [] (everything) or names of runs, steps or notebooks.
     `only`: names of runs to execute (study-level steps still run when needed).
     """
+    _check_selection(spec, force, only)
     manifest = manifest if manifest is not None else Manifest.load(spec.manifest_path)
-    unknown = sorted(set(only or []) - {r.name for r in spec.runs})
-    if unknown:
-        raise SpecError(f"--only: no run named {', '.join(unknown)} in {spec.path}")
     steps: list[Step] = []
     prev: list[str] = []
     for nb in spec.before:
-        steps.append(_make_step(spec, nb, None, "before", prev, 1))
+        steps.append(_make_step(spec, nb, None, "before", prev))
         prev = [steps[-1].key]
     ends = []
     for run in spec.runs:
         run_prev = prev
         for nb in spec.per_run:
-            steps.append(_make_step(spec, nb, run, "run", run_prev, jobs))
+            steps.append(_make_step(spec, nb, run, "run", run_prev))
             run_prev = [steps[-1].key]
         ends += run_prev
     prev = ends or prev
     for nb in spec.after:
-        steps.append(_make_step(spec, nb, None, "after", prev, 1))
+        steps.append(_make_step(spec, nb, None, "after", prev))
         prev = [steps[-1].key]
 
     by_key = {s.key: s for s in steps}
@@ -449,24 +416,17 @@ def plan(
                 "checkpoints is not this one's)")
         else:
             step.action, step.reason = _decide(step, by_key, manifest.steps, force)
-        if (
-            step.action == "run"
-            and only is not None
-            and step.run not in only
-            and step.run is not None
-        ):
+        if step.action == "run" and only is not None and step.run not in (*only, None):
             step.action, step.reason = "hold", f"not selected (--only); would run: {step.reason}"
     return steps
 
 
-def _decide(
-    step: Step, by_key: dict[str, Step], records: dict[str, dict], force: list[str] | None
-) -> tuple[str, str]:
+def _decide(step: Step, by_key: dict[str, Step], records: dict[str, dict],
+            force: list[str] | None) -> tuple[str, str]:
     held = [k for k in step.upstream if by_key[k].action == "hold"]
     if held:
         return "hold", f"waits for {held[0]}"
-    nb_name = step.notebook.stem
-    if force is not None and (not force or {step.key, step.run, nb_name} & set(force)):
+    if force is not None and (not force or {step.key, step.run, step.notebook.stem} & set(force)):
         return "run", "forced"
     rec = records.get(step.key)
     if rec is None:
@@ -492,7 +452,7 @@ def _decide(
 
 # -- manifest ------------------------------------------------------------------------------
 class Manifest:
-    """results/<study>/manifest.json: one record per step; only the parent process writes it."""
+    """results/<study>/manifest.json: one record per step, plus the environments they ran in."""
 
     def __init__(self, path: Path, data: dict[str, Any] | None = None):
         self.path = Path(path)
@@ -511,9 +471,8 @@ class Manifest:
         try:
             return cls(path, json.loads(path.read_text()))
         except json.JSONDecodeError as e:
-            raise SpecError(
-                f"{path} is not valid JSON ({e}); delete it to start the study afresh"
-            ) from e
+            raise SpecError(f"{path} is not valid JSON ({e}); delete it to start the study afresh"
+                            ) from e
 
     def save(self) -> None:
         """Write atomically (temp file + rename) so a crash never leaves half a manifest."""
@@ -524,41 +483,25 @@ class Manifest:
         os.replace(tmp, self.path)
 
 
+def provenance_warnings(manifest: Manifest) -> list[str]:
+    """Say loudly when the finished steps came from several commits, dirty code or machines."""
+    done = [r for r in manifest.steps.values() if r.get("status") == "done"]
+    commits = sorted({str((r.get("git") or {}).get("commit")) for r in done})
+    envs = sorted({str(r.get("environment")) for r in done})
+    out = []
+    if len(commits) > 1:
+        out.append(f"WARNING: the steps were executed from {len(commits)} different commits "
+                   f"({', '.join(c[:10] for c in commits)}); rerun with --force for one commit")
+    if any((r.get("git") or {}).get("dirty") for r in done):
+        out.append("WARNING: some steps ran with uncommitted code changes (git dirty)")
+    if len(envs) > 1:
+        out.append(f"WARNING: the steps ran in {len(envs)} different environments (CPU, torch "
+                   "build or packages: see `environments`); numbers may not be comparable")
+    return out
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _git_info(root: Path, exclude: Path) -> dict[str, Any]:
-    def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
-        if out.returncode != 0:
-            raise RuntimeError(out.stderr)
-        return out.stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        # The study's own results are rewritten while it runs; they do not make the code dirty.
-        status = git(
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-            "--",
-            ".",
-            f":(exclude){_rel(exclude, root)}",
-        )
-        return {"commit": commit, "dirty": bool(status)}
-    except (OSError, RuntimeError, subprocess.TimeoutExpired):
-        return {"commit": None, "dirty": None}
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": sys.version.split()[0]}
-    for pkg in VERSIONED_PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
 
 
 # -- execution -----------------------------------------------------------------------------
@@ -573,8 +516,8 @@ def _runs_this_python(argv0: str) -> bool:
 def ensure_kernel(work_dir: Path) -> str:
     """Name of a kernel that runs this interpreter: `python3` if it does, else a private spec.
 
-    The private spec lives in <work_dir>/.jupyter/kernels and is found through JUPYTER_PATH,
-    so nothing is installed into the environment or the user's Jupyter directories.
+    The private spec lives in <work_dir>/.jupyter/kernels, found through JUPYTER_PATH, so
+    nothing is installed into the environment or the user's Jupyter directories.
     """
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
@@ -586,20 +529,12 @@ def ensure_kernel(work_dir: Path) -> str:
         pass
     kdir = work_dir / ".jupyter" / "kernels" / _KERNEL_NAME
     kdir.mkdir(parents=True, exist_ok=True)
-    (kdir / "kernel.json").write_text(
-        json.dumps(
-            {
-                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                "display_name": "Python 3 (ipykernel)",
-                "language": "python",
-            },
-            indent=1,
-        )
-    )
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (kdir / "kernel.json").write_text(json.dumps(
+        {"argv": argv, "display_name": "Python 3 (ipykernel)", "language": "python"}, indent=1))
     jpath = str(work_dir / ".jupyter")
     os.environ["JUPYTER_PATH"] = os.pathsep.join(
-        p for p in (jpath, os.environ.get("JUPYTER_PATH")) if p
-    )
+        p for p in (jpath, os.environ.get("JUPYTER_PATH")) if p)
     return _KERNEL_NAME
 
 
@@ -617,103 +552,42 @@ def _environ(updates: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def export_html(notebook: Path) -> Path:
-    """Write <notebook>.html beside it: lab template, CSS and images embedded.
-
-    Only MathJax and require.js are referenced from a CDN; offline, the page renders with
-    its styles, outputs and figures, and formulas show as TeX source.
-    """
-    import nbformat
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter(template_name="lab", embed_images=True)
-    body, _ = exporter.from_notebook_node(
-        nbformat.read(notebook, as_version=4),
-        resources={"metadata": {"path": str(notebook.parent)}},
-    )
-    out = notebook.with_suffix(".html")
-    out.write_text(body, encoding="utf-8")
-    return out
+def kernel_environment(num_threads: int) -> dict[str, str]:
+    """Environment of a notebook's kernel: its threads, and progress bars kept off the page."""
+    threads = str(num_threads)
+    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "RRG_STUDY_RUNNER": "1",
+            "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def _execute_step(step: Step, root: Path, kernel: str, progress_bar: bool) -> dict[str, Any]:
-    """Run one notebook with papermill, export HTML; never raises for notebook errors."""
+    """Run one notebook with papermill, clean and export it; never raises for notebook errors."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    threads = str(step.parameters.get("num_threads") or 1)
     step.output.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     result: dict[str, Any] = {"status": "done", "error": None, "started_at": _now()}
+    strip = str(root.resolve()) + "/"
     try:
-        with _environ({"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}):
+        with _environ(kernel_environment(step.parameters.get("num_threads") or 1)):
             papermill.execute_notebook(
-                str(step.notebook),
-                str(step.output),
-                parameters=step.parameters,
-                kernel_name=kernel,
-                cwd=str(root),
-                progress_bar=progress_bar,
-            )
+                str(step.notebook), str(step.output), parameters=step.parameters,
+                kernel_name=kernel, cwd=str(root), progress_bar=progress_bar)
     except PapermillExecutionError as e:
-        tb = _ANSI_RE.sub("", "\n".join(e.traceback or []))
-        result.update(
-            status="failed",
-            error=f"{e.ename}: {e.evalue}",
-            traceback=tb[-4000:],
-            failed_cell=e.exec_count,
-        )
+        tb = _ANSI_RE.sub("", "\n".join(e.traceback or [])).replace(strip, "")
+        result.update(status="failed", error=f"{e.ename}: {e.evalue}".replace(strip, ""),
+                      traceback=tb[-4000:], failed_cell=e.exec_count)
     except Exception as e:  # kernel died, timed out, could not start, ...
-        result.update(status="failed", error=f"{type(e).__name__}: {e}")
+        result.update(status="failed", error=f"{type(e).__name__}: {e}".replace(strip, ""))
     result["finished_at"] = _now()
     result["wall_s"] = round(time.monotonic() - t0, 2)
     if step.output.is_file():
         try:
+            relative_paths(step.output, root)
             result["html"] = _rel(export_html(step.output), root)
         except Exception as e:  # an unreadable partial notebook must not hide the real error
             result["html_error"] = f"{type(e).__name__}: {e}"
     return result
-
-
-def _run_group(
-    steps: list[Step],
-    root: Path,
-    kernel: str,
-    progress_bar: bool,
-    emit: Callable[[tuple], None],
-    should_stop: Callable[[], bool],
-) -> None:
-    """Execute steps in order, reporting ("start"|"end", key, payload); stop at a failure."""
-    for step in steps:
-        if should_stop():
-            return
-        emit(("start", step.key, _now()))
-        result = _execute_step(step, root, kernel, progress_bar)
-        emit(("end", step.key, result))
-        if result["status"] != "done":
-            return
-
-
-_worker_queue: Any = None
-_worker_stop: Any = None
-
-
-def _worker_init(q: Any, stop: Any) -> None:
-    global _worker_queue, _worker_stop
-    _worker_queue, _worker_stop = q, stop
-    logging.getLogger("papermill").addFilter(_quiet_unknown_params)
-
-
-def _worker_run(steps: list[Step], root: Path, kernel: str) -> None:
-    try:
-        _run_group(steps, root, kernel, False, _worker_queue.put, _worker_stop.is_set)
-    finally:
-        _worker_queue.put(("group_done", steps[0].run, None))
-
-
-def _quiet_unknown_params(record: logging.LogRecord) -> bool:
-    # Every notebook receives all standard parameters, most declare only those they use.
-    return "Passed unknown parameter" not in record.getMessage()
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -726,89 +600,48 @@ def _fmt_duration(seconds: float) -> str:
     return f"{h}h{m:02d}m"
 
 
-class _Recorder:
-    """Parent-side bookkeeping: the manifest's single writer and the progress printer."""
-
-    def __init__(
-        self, spec: StudySpec, manifest: Manifest, steps: list[Step], out: Callable[[str], None]
-    ):
-        self.spec, self.manifest, self.out = spec, manifest, out
-        self.by_key = {s.key: s for s in steps}
-        self.total = sum(s.action == "run" for s in steps)
-        self.counter = 0
-        self.index: dict[str, int] = {}
-        self.failed: list[str] = []
-        self.common = {"git": _git_info(spec.root, spec.results_dir), "versions": _versions()}
-
-    def handle(self, event: tuple) -> None:
-        kind, key, payload = event
-        if kind == "start":
-            self.start(key, payload)
-        elif kind == "end":
-            self.end(key, payload)
-
-    def start(self, key: str, started_at: str) -> None:
-        step = self.by_key[key]
-        self.counter += 1
-        self.index[key] = self.counter
-        root = self.spec.root
-        self.manifest.steps[key] = {
-            "run": step.run,
-            "phase": step.phase,
-            "notebook": _rel(step.notebook, root),
-            "output": _rel(step.output, root),
-            "status": "running",
-            "reason": step.reason,
-            "config_hash": step.config_hash,
-            "hashes": step.hashes,
-            "config": step.config,
-            "overrides": step.overrides,
-            "parameters": step.parameters,
-            "upstream": {k: self.manifest.steps.get(k, {}).get("exec_id") for k in step.upstream},
-            "exec_id": uuid.uuid4().hex[:12],
-            **self.common,
-            "started_at": started_at,
-            "finished_at": None,
-            "wall_s": None,
-            "error": None,
-        }
-        self.manifest.save()
-        self.out(f"[{self.counter}/{self.total}] {key} started ({step.reason})")
-
-    def end(self, key: str, result: dict[str, Any]) -> None:
-        rec = self.manifest.steps[key]
-        rec.update(result)
-        self.manifest.save()
-        i = self.index[key]
-        took = _fmt_duration(result["wall_s"])
-        if result["status"] == "done":
-            self.out(f"[{i}/{self.total}] {key} done in {took}")
-        else:
-            self.failed.append(key)
-            self.out(f"[{i}/{self.total}] {key} FAILED after {took}: {result['error']}")
-
-    def interrupted(self, error: str = "interrupted") -> None:
-        """Mark steps that were running as failed (Ctrl-C, a crashed worker)."""
-        for key, rec in self.manifest.steps.items():
-            if rec.get("status") == "running":
-                rec.update(status="failed", error=error, finished_at=_now())
-                self.failed.append(key)
-        self.manifest.save()
+def _quiet_unknown_params(record: logging.LogRecord) -> bool:
+    # Every notebook receives all standard parameters, most declare only those they use.
+    return "Passed unknown parameter" not in record.getMessage()
 
 
-def run_study(
-    spec: StudySpec,
-    dry_run: bool = False,
-    jobs: int = 1,
-    force: list[str] | None = None,
-    only: list[str] | None = None,
-    out: Callable[[str], None] | None = None,
-) -> Manifest:
-    """Execute the study's stale steps; raise StudyFailed (manifest saved) if a notebook fails."""
-    if dry_run:
-        return _run_study(spec, True, jobs, force, only, out)
-    with _study_lock(spec.work_dir / ".study.lock"):
-        return _run_study(spec, False, jobs, force, only, out)
+def _start_record(spec: StudySpec, step: Step, manifest: Manifest, common: dict) -> None:
+    manifest.steps[step.key] = {
+        "run": step.run, "phase": step.phase, "notebook": _rel(step.notebook, spec.root),
+        "output": _rel(step.output, spec.root), "status": "running", "reason": step.reason,
+        "config_hash": step.config_hash, "hashes": step.hashes, "config": step.config,
+        "overrides": step.overrides, "parameters": step.parameters,
+        "threads": step.parameters.get("num_threads"),
+        "upstream": {k: manifest.steps.get(k, {}).get("exec_id") for k in step.upstream},
+        "exec_id": uuid.uuid4().hex[:12], **common,
+        "started_at": _now(), "finished_at": None, "wall_s": None, "error": None,
+    }  # fmt: skip
+    manifest.save()
+
+
+def _mark_interrupted(manifest: Manifest, error: str) -> None:
+    """Steps still `running` (Ctrl-C, SIGTERM) become `failed`, so none is left running."""
+    for rec in manifest.steps.values():
+        if rec.get("status") == "running":
+            rec.update(status="failed", error=error, finished_at=_now())
+    manifest.save()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into `Terminated` (a KeyboardInterrupt) while the study runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated("terminated (SIGTERM)")
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
@@ -831,196 +664,158 @@ def _study_lock(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _run_study(
-    spec: StudySpec,
-    dry_run: bool = False,
-    jobs: int = 1,
-    force: list[str] | None = None,
-    only: list[str] | None = None,
-    out: Callable[[str], None] | None = None,
-) -> Manifest:
-    """run_study's body, called with the study lock held (unless dry)."""
+def run_study(spec: StudySpec, dry_run: bool = False, force: list[str] | None = None,
+              only: list[str] | None = None,
+              out: Callable[[str], None] | None = None) -> Manifest:
+    """Execute the study's stale steps; raise StudyFailed (manifest saved) if a notebook fails."""
     out = out or (lambda line: print(line, flush=True))
-    jobs = max(1, int(jobs))
-    manifest = Manifest.load(spec.manifest_path)
-    steps = plan(spec, manifest, force=force, only=only, jobs=jobs)
-    todo = [s for s in steps if s.action == "run"]
     if dry_run:
+        manifest = Manifest.load(spec.manifest_path)
+        steps = plan(spec, manifest, force=force, only=only)
         for s in steps:
             out(f"{s.action:<5} {s.key:<40} {s.reason}")
-        out(
-            f"{len(todo)} to run, {len(steps) - len(todo)} skipped or held (dry run: nothing executed)"
-        )
+        todo = sum(s.action == "run" for s in steps)
+        out(f"{todo} to run, {len(steps) - todo} skipped or held (dry run: nothing executed)")
         return manifest
+    with _study_lock(spec.work_dir / ".study.lock"), _sigterm_raises():
+        manifest = Manifest.load(spec.manifest_path)  # read under the lock: it may have changed
+        steps = plan(spec, manifest, force=force, only=only)
+        return _execute(spec, manifest, steps, [s for s in steps if s.action == "run"], out)
 
+
+def _execute(spec: StudySpec, manifest: Manifest, steps: list[Step], todo: list[Step],
+             out: Callable[[str], None]) -> Manifest:
+    """run_study's body, with the lock held: the steps in order, stopping at a failure."""
     # Forget steps no longer in the spec, keep plan order so the file reads top to bottom;
     # records of another checkout's execution are forgotten as a whole (all of it reruns here).
     old = {} if from_another_checkout(spec, manifest) else manifest.steps
     manifest.data["steps"] = {s.key: old[s.key] for s in steps if s.key in old}
     manifest.data.update(study=spec.name, spec=_rel(spec.path, spec.root),
                          workspace=_ensure_workspace(spec.work_dir))
-    skipped = len(steps) - len(todo)
-    out(
-        f"study {spec.name}: {len(todo)} step(s) to run, {skipped} up to date or held"
-        f"{f', {jobs} jobs' if jobs > 1 else ''}"
-    )
-    rec = _Recorder(spec, manifest, steps, out)
-    if not todo:
-        manifest.save()
-        return manifest
-
-    logging.getLogger("papermill").addFilter(_quiet_unknown_params)
-    kernel = ensure_kernel(spec.work_dir)
-    progress = jobs == 1 and sys.stderr.isatty()
-    t0 = time.monotonic()
-    try:
-        for phase in ("before", "run", "after"):
-            phase_steps = [s for s in todo if s.phase == phase]
-            if rec.failed or not phase_steps:
-                continue
-            groups: dict[str | None, list[Step]] = {}
-            for s in phase_steps:
-                groups.setdefault(s.run, []).append(s)
-            if phase == "run" and jobs > 1 and len(groups) > 1:
-                _run_parallel(list(groups.values()), spec, kernel, jobs, rec)
-            else:
-                for group in groups.values():
-                    if rec.failed:
-                        break
-                    _run_group(
-                        group, spec.root, kernel, progress, rec.handle, lambda: bool(rec.failed)
-                    )
-    except KeyboardInterrupt:
-        rec.interrupted()
-        raise
-    for s in todo:  # planned but never started: say why, so `status` shows it
-        r = manifest.steps.get(s.key)
-        if rec.failed and s.key not in rec.index:
-            if r is None:
-                manifest.steps[s.key] = r = {
-                    "run": s.run,
-                    "phase": s.phase,
-                    "notebook": _rel(s.notebook, spec.root),
-                }
-            r.update(status="skipped", reason=f"not run: {rec.failed[0]} failed")
+    out(f"study {spec.name}: {len(todo)} step(s) to run, {len(steps) - len(todo)} up to date "
+        "or held")
+    if todo:
+        env = provenance.environment()
+        manifest.data.setdefault("environments", {})[env["id"]] = env
+        common = {"git": provenance.git_state(spec.root, spec.results_dir),
+                  "environment": env["id"]}
+        logging.getLogger("papermill").addFilter(_quiet_unknown_params)
+        kernel = ensure_kernel(spec.work_dir)
+        failed = _execute_steps(spec, manifest, todo, kernel, common, out)
+        if failed:
+            raise StudyFailed(_failure_message(spec, manifest, failed), manifest)
+    # Environments no step points at any more are dropped.
+    used = {r.get("environment") for r in manifest.steps.values()}
+    manifest.data["environments"] = {k: v for k, v in manifest.data.get("environments", {}).items()
+                                     if k in used}
+    manifest.data["commits"] = sorted({str((r.get("git") or {}).get("commit"))
+                                       for r in manifest.steps.values() if r.get("git")})
+    manifest.data["warnings"] = provenance_warnings(manifest)
     manifest.save()
-    if rec.failed:
-        key = rec.failed[0]
-        r = manifest.steps[key]
-        raise StudyFailed(
-            f"study {spec.name} stopped: notebook {r['output']} failed: {r['error']}\n"
-            f"  (executed notebook with the traceback: {r['output']}; source: {r['notebook']};"
-            f" rerun the same command to resume at this step)",
-            manifest,
-        )
-    out(f"study {spec.name}: {len(todo)} step(s) done in {_fmt_duration(time.monotonic() - t0)}")
+    for line in manifest.data["warnings"]:
+        out(line)
     return manifest
 
 
-def _run_parallel(
-    groups: list[list[Step]], spec: StudySpec, kernel: str, jobs: int, rec: _Recorder
-) -> None:
-    """One run per worker process; workers report events, the parent records them."""
-    # spawn: a clean interpreter per worker, no forked copies of the parent's threads
-    ctx = multiprocessing.get_context("spawn")
-    events, stop = ctx.Queue(), ctx.Event()
-    finished = 0
-    with concurrent.futures.ProcessPoolExecutor(
-        max_workers=min(jobs, len(groups)),
-        mp_context=ctx,
-        initializer=_worker_init,
-        initargs=(events, stop),
-    ) as pool:
-        futures = [pool.submit(_worker_run, g, spec.root, kernel) for g in groups]
+def _execute_steps(spec: StudySpec, manifest: Manifest, todo: list[Step], kernel: str,
+                   common: dict, out: Callable[[str], None]) -> str | None:
+    """Execute `todo` in order; the key of the step that failed (or was interrupted), or None."""
+    progress = sys.stderr.isatty()
+    t0 = time.monotonic()
+    failed = None
+    for i, step in enumerate(todo, 1):
+        _start_record(spec, step, manifest, common)
+        out(f"[{i}/{len(todo)}] {step.key} started ({step.reason})")
         try:
-            while finished < len(groups):
-                try:
-                    event = events.get(timeout=0.5)
-                except queue.Empty:
-                    # A worker that died never sends group_done; its future carries the error.
-                    crashed = [f for f in futures if f.done() and f.exception() is not None]
-                    if crashed and all(f.done() for f in futures):
-                        error = f"worker process crashed: {crashed[0].exception()!r}"
-                        rec.interrupted(error)
-                        if not rec.failed:
-                            raise RuntimeError(error) from None
-                        break
-                    continue
-                if event[0] == "group_done":
-                    finished += 1
-                    continue
-                rec.handle(event)
-                if rec.failed:
-                    stop.set()  # other runs finish their current notebook, then stop
-        except KeyboardInterrupt:
-            stop.set()
-            pool.shutdown(wait=False, cancel_futures=True)
+            result = _execute_step(step, spec.root, kernel, progress)
+        except KeyboardInterrupt as e:
+            _mark_interrupted(manifest, str(e) or "interrupted (Ctrl-C)")
+            _mark_skipped(spec, manifest, todo, step.key)
             raise
+        manifest.steps[step.key].update(result)
+        manifest.save()
+        took = _fmt_duration(result["wall_s"])
+        if result["status"] != "done":
+            out(f"[{i}/{len(todo)}] {step.key} FAILED after {took}: {result['error']}")
+            failed = step.key
+            break
+        out(f"[{i}/{len(todo)}] {step.key} done in {took}")
+    if failed:
+        _mark_skipped(spec, manifest, todo, failed)
+    else:
+        out(f"study {spec.name}: {len(todo)} step(s) done in "
+            f"{_fmt_duration(time.monotonic() - t0)}")
+    return failed
+
+
+def _mark_skipped(spec: StudySpec, manifest: Manifest, todo: list[Step], failed: str) -> None:
+    """Steps planned after the failed one say why they did not run (for `status`)."""
+    keys = [s.key for s in todo]
+    for s in todo[keys.index(failed) + 1:]:
+        rec = manifest.steps.setdefault(
+            s.key, {"run": s.run, "phase": s.phase, "notebook": _rel(s.notebook, spec.root)})
+        rec.update(status="skipped", reason=f"not run: {failed} failed")
+    manifest.save()
+
+
+def _failure_message(spec: StudySpec, manifest: Manifest, key: str) -> str:
+    r = manifest.steps[key]
+    return (f"study {spec.name} stopped: notebook {r['output']} failed: {r['error']}\n"
+            f"  (executed notebook with the traceback: {r['output']}; source: {r['notebook']};"
+            " rerun the same command to resume at this step)")
 
 
 def status_table(spec: StudySpec) -> str:
     """A table of every step: status, wall time, finish time, and what a rerun would do."""
     manifest = Manifest.load(spec.manifest_path)
-    steps = plan(spec, manifest)
     rows = [("step", "status", "wall", "finished", "next run")]
-    for s in steps:
+    for s in plan(spec, manifest):
         r = manifest.steps.get(s.key, {})
         wall = _fmt_duration(r["wall_s"]) if r.get("wall_s") is not None else "-"
         nxt = "skip" if s.action == "skip" else f"{s.action}: {s.reason}"
         rows.append((s.key, r.get("status", "-"), wall, (r.get("finished_at") or "-")[:19], nxt))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
-        for row in rows
-    ]
-    for r in manifest.steps.values():
-        if r.get("status") == "failed" and r.get("error"):
-            lines.append(f"failed: {r.get('output')}: {r['error']}")
-    return "\n".join(lines)
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4]
+             for row in rows]
+    lines += [f"failed: {r.get('output')}: {r['error']}" for r in manifest.steps.values()
+              if r.get("status") == "failed" and r.get("error")]
+    return "\n".join(lines + provenance_warnings(manifest))
 
 
 # -- CLI -----------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry point; returns the exit status."""
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m rrglib.study", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="execute the study's stale notebooks")
     status = sub.add_parser("status", help="show each step's status and times")
     for p in (run, status):
         p.add_argument("spec", help="study spec YAML, e.g. configs/study_demo.yaml")
-        p.add_argument(
-            "-p",
-            "--param",
-            action="extend",
-            nargs="+",
-            default=[],
-            metavar="KEY=VALUE",
-            help="notebook parameter (YAML scalar), overrides the spec",
-        )
+        p.add_argument("-p", "--param", action="extend", nargs="+", default=[],
+                       metavar="KEY=VALUE", help="notebook parameter (YAML scalar), overrides the spec")
     run.add_argument("--dry-run", action="store_true", help="list what would run and why")
-    run.add_argument("--jobs", "-j", type=int, default=1, help="runs executed side by side")
-    run.add_argument(
-        "--only", action="extend", nargs="+", metavar="RUN", help="execute only these runs"
-    )
-    run.add_argument(
-        "--force",
-        nargs="*",
-        metavar="NAME",
-        help="rerun everything, or the named runs / steps / notebooks",
-    )
-    args = ap.parse_args(argv)
+    run.add_argument("--only", action="extend", nargs="+", metavar="RUN",
+                     help="execute only these runs")
+    run.add_argument("--force", nargs="*", metavar="NAME",
+                     help="rerun everything, or the named runs / steps / notebooks")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status."""
+    args = _parser().parse_args(argv)
     try:
         spec = load_spec(args.spec, dict(parse_param(p) for p in args.param))
         if args.cmd == "status":
             print(status_table(spec))
             return 0
-        run_study(spec, dry_run=args.dry_run, jobs=args.jobs, force=args.force, only=args.only)
+        run_study(spec, dry_run=args.dry_run, force=args.force, only=args.only)
     except (SpecError, StudyFailed, StudyLocked) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: the running step is marked failed; rerun to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"{e or 'interrupted'}: the running step is marked failed; rerun to resume",
+              file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130
     return 0
 
 

@@ -36,7 +36,7 @@ got["cwd"] = os.getcwd()
 def write_notebook(path: Path, name: str, extra_code: str = "", declare: str = "") -> None:
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell(
-        "study_dir = None\nrun_name = None\nrun_dir = None\nlr = 0.1\nfail = False" + declare
+        "study_dir = None\nrun_name = None\nrun_dir = None\nlr = 0.1\nextra = None\nfail = False" + declare
     )
     params.metadata["tags"] = ["parameters"]
     nb.cells = [
@@ -95,16 +95,21 @@ BASE = {
 }
 
 
+@pytest.mark.slow
 def test_run_skip_rerun_and_status(tmp_path, capsys):
     spec_path = make_repo(tmp_path, BASE)
     manifest = run(spec_path)
     assert calls(tmp_path) == ["10_prep:None", "20_train:a", "20_train:b", "90_summary:None"]
 
     res = tmp_path / "results/t"
+    meta = nbformat.read(res / "a/20_train.ipynb", as_version=4).metadata["papermill"]
+    assert meta["input_path"] == "notebooks/20_train.ipynb"  # no path of this machine
+    assert meta["output_path"] == "results/t/a/20_train.ipynb"
     for rel in ["10_prep", "a/20_train", "b/20_train", "90_summary"]:
         assert (res / f"{rel}.ipynb").is_file() and (res / f"{rel}.html").is_file()
     html = (res / "a/20_train.html").read_text()
-    assert "<style" in html and "asked to fail" in html  # CSS inline, the code is shown
+    assert "<style" in html and "<h1 id=\"20_train\">" in html  # CSS inline, narrative shown
+    assert "asked to fail" not in html and "lr = 0.1" not in html  # code and parameters are not
 
     got = json.loads((res / "b/20_train.params.json").read_text())
     assert got["study_name"] == "t" and got["study_dir"] == "results/t"
@@ -126,10 +131,14 @@ def test_run_skip_rerun_and_status(tmp_path, capsys):
     assert rec["html"] == "results/t/a/20_train.html"
     assert len(rec["config_hash"]) == 16 and rec["wall_s"] > 0
     assert rec["started_at"] <= rec["finished_at"]
+    env = data["environments"][rec["environment"]]
     assert {"python", "torch", "transformers", "peft", "accelerate", "papermill"} <= set(
-        rec["versions"]
+        env["packages"]
     )
+    assert env["cpu"]["model"] and isinstance(env["cpu"]["isa"], list)
+    assert env["torch_build"]["cpu_capability"] and rec["threads"] == 1
     assert set(rec["git"]) == {"commit", "dirty"}  # tmp_path is no git repo: both None
+    assert data["warnings"] == [] and data["commits"] == ["None"]
     assert rec["upstream"] == {"10_prep": data["steps"]["10_prep"]["exec_id"]}
 
     # Unchanged: nothing executes again.
@@ -154,6 +163,7 @@ def test_run_skip_rerun_and_status(tmp_path, capsys):
     assert "b/20_train" in table and "done" in table
 
 
+@pytest.mark.slow
 def test_failure_stops_and_resume(tmp_path, capsys):
     spec = dict(BASE, before=[], runs=[{"name": "x"}], per_run=["20_train", "30_check"])
     spec_path = make_repo(tmp_path, spec, fail_check=True)
@@ -228,19 +238,6 @@ def test_force_and_only(tmp_path):
     assert {s.action for s in study.plan(spec, manifest, only=["b"])} == {"skip", "run", "hold"}
 
 
-def test_parallel_runs(tmp_path):
-    spec = dict(BASE, before=[], after=[])
-    spec_path = make_repo(tmp_path, spec)
-    manifest = run(spec_path, jobs=2)
-    assert sorted(calls(tmp_path)) == ["20_train:a", "20_train:b"]
-    assert {k: r["status"] for k, r in manifest.steps.items()} == {
-        "a/20_train": "done",
-        "b/20_train": "done",
-    }
-    on_disk = json.loads((tmp_path / "results/t/manifest.json").read_text())
-    assert on_disk["steps"] == manifest.steps
-
-
 def test_kernel_runs_this_interpreter(tmp_path, monkeypatch):
     from jupyter_client.kernelspec import KernelSpecManager
 
@@ -293,12 +290,13 @@ def test_repo_notebooks_declare_every_study_parameter_they_read():
         assert not missing, f"{path.name} reads {sorted(missing)} without declaring them"
 
 
+@pytest.mark.slow
 def test_a_parameter_reruns_only_the_notebooks_that_declare_it(tmp_path):
     spec = dict(BASE, parameters=dict(BASE["parameters"], check_n=4), per_run=["20_train", "30_check"])
     spec_path = make_repo(tmp_path, spec)
     write_notebook(tmp_path / "notebooks/30_check.ipynb", "30_check", declare="\ncheck_n: int = 2")
     assert study.declared_parameters(tmp_path / "notebooks/30_check.ipynb") == {
-        "study_dir", "run_name", "run_dir", "lr", "fail", "check_n"}
+        "study_dir", "run_name", "run_dir", "lr", "extra", "fail", "check_n"}
     run(spec_path)
     first = len(calls(tmp_path))
     spec["parameters"]["check_n"] = 8
@@ -311,6 +309,7 @@ def test_a_parameter_reruns_only_the_notebooks_that_declare_it(tmp_path):
     assert sorted(calls(tmp_path)[first:]) == ["30_check:a", "30_check:b", "90_summary:None"]
 
 
+@pytest.mark.slow
 def test_a_fresh_checkout_reruns_the_committed_study(tmp_path):
     import shutil
 
@@ -331,3 +330,152 @@ def test_a_fresh_checkout_reruns_the_committed_study(tmp_path):
     again = study.Manifest.load(spec.manifest_path).data["workspace"]
     assert again != first and again == study.read_workspace(spec.work_dir)
     assert all(s.action == "skip" for s in study.plan(study.load_spec(spec_path)))
+
+
+@pytest.mark.slow
+def test_html_is_a_report_and_the_notebook_keeps_everything(tmp_path):
+    import papermill
+
+    from rrglib.export import export_html, relative_paths
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("secret_param = 1")
+    params.metadata["tags"] = ["parameters"]
+    hidden = nbformat.v4.new_code_cell("print('dropped-cell-output')")
+    hidden.metadata["tags"] = ["remove-cell"]
+    dump = nbformat.v4.new_code_cell("print('long-config-dump')")
+    dump.metadata["tags"] = ["remove-output"]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Findings\n\nThe narrative a reviewer reads."),
+        params, hidden, dump,
+        nbformat.v4.new_code_cell("import pandas as pd\nprint(f'shown-output-{secret_param + 41}')\n"
+                                  "pd.DataFrame({'metric': ['F1'], 'value': [0.5]})"),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, out = tmp_path / "notebooks/n.ipynb", tmp_path / "results/n.ipynb"
+    src.parent.mkdir()
+    out.parent.mkdir()
+    nbformat.write(nb, src)
+    papermill.execute_notebook(str(src), str(out), parameters={"secret_param": 2},
+                               kernel_name=study.ensure_kernel(tmp_path / "work"), cwd=str(tmp_path),
+                               progress_bar=False)
+    relative_paths(out, tmp_path)
+    html = export_html(out).read_text()
+    assert "The narrative a reviewer reads." in html and "shown-output-43" in html
+    assert "<table" in html and "metric" in html  # the table output
+    for absent in ("secret_param", "dropped-cell-output", "long-config-dump", "print(", "import pandas"):
+        assert absent not in html, absent
+    executed = nbformat.read(out, as_version=4)  # the notebook itself keeps everything
+    text = json.dumps(executed)
+    assert "dropped-cell-output" in text and "long-config-dump" in text and "secret_param = 2" in text
+    assert executed.metadata["papermill"]["input_path"] == "notebooks/n.ipynb"
+    assert str(tmp_path) not in text
+
+
+def test_provenance_warns_when_steps_mix_commits_or_machines(tmp_path):
+    manifest = study.Manifest(tmp_path / "manifest.json")
+    manifest.steps["a"] = {"status": "done", "git": {"commit": "1" * 40, "dirty": False},
+                           "environment": "e1"}
+    manifest.steps["b"] = {"status": "done", "git": {"commit": "1" * 40, "dirty": False},
+                           "environment": "e1"}
+    manifest.steps["c"] = {"status": "failed", "git": {"commit": "2" * 40}, "environment": "e2"}
+    assert study.provenance_warnings(manifest) == []  # a failed step does not count
+    manifest.steps["c"]["status"] = "done"
+    warnings = study.provenance_warnings(manifest)
+    assert len(warnings) == 2 and "2 different commits" in warnings[0]
+    assert "2222222222" in warnings[0] and "different environments" in warnings[1]
+
+
+def test_environment_records_what_decides_the_numbers():
+    from rrglib import provenance
+
+    env = provenance.environment()
+    assert env["cpu"]["model"] and set(env["cpu"]["isa"]) <= set(provenance.ISA_FLAGS)
+    assert isinstance(env["torch_build"]["cpu_capability"], str)  # AVX2, AVX512, DEFAULT, ...
+    assert env["torch_build"].get("BLAS_INFO") and env["packages"]["torch"]
+    assert len(env["id"]) == 12 and env["id"] == provenance.environment()["id"]
+
+
+def test_comparisons_come_from_the_spec(tmp_path):
+    spec_path = make_repo(tmp_path, dict(BASE, comparisons=[["b", "a"]]))
+    spec = study.load_spec(spec_path)
+    assert spec.comparisons == [("b", "a")]
+    summary = [s for s in study.plan(spec) if s.key == "90_summary"][0]
+    assert summary.parameters["comparisons"] == [["b", "a"]]
+    spec_path.write_text(yaml.safe_dump(dict(BASE, comparisons=[["b", "nope"]])))
+    with pytest.raises(study.SpecError, match="pair of run names"):
+        study.load_spec(spec_path)
+    demo = study.load_spec(REPO / "configs/study_demo.yaml")
+    assert ("two_stage", "frozen") in demo.comparisons
+
+
+def test_format_p_shows_the_permutation_floor():
+    from rrglib.notebook import format_p
+
+    assert format_p(1 / 5001, 5000) == "< 0.0002"
+    assert format_p(1 / 1001, 1000) == "< 0.001"
+    assert format_p(0.0312, 5000) == "0.031" and format_p(0.5, 1000) == "0.500"
+    assert format_p(float("nan"), 1000) == "n/a"
+
+
+def test_setup_helper(tmp_path, monkeypatch):
+    import warnings
+
+    import pandas as pd
+    import tqdm.auto
+
+    from rrglib import notebook
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")  # JupyterLab opened in notebooks/
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.auto.tqdm)  # restored after the test
+    monkeypatch.setenv("RRG_STUDY_RUNNER", "1")
+    with warnings.catch_warnings(record=True) as seen, pd.option_context("display.max_columns", 5):
+        warnings.simplefilter("always")
+        notebook.setup(1, out_dir="runs/x/results")
+        warnings.warn("Converting a tensor with requires_grad=True to a scalar", UserWarning, stacklevel=1)
+        warnings.warn(tqdm.TqdmWarning("IProgress not found"), stacklevel=1)
+        warnings.warn("a real problem", UserWarning, stacklevel=1)
+        assert pd.get_option("display.max_columns") is None
+        assert pd.get_option("display.max_colwidth") is None
+    assert [str(w.message) for w in seen] == ["a real problem"]
+    assert Path.cwd() == tmp_path and (tmp_path / "runs/x/results").is_dir()
+    assert tqdm.auto.tqdm(range(3), disable=False).disable  # no bars in executed notebooks
+
+
+def test_demo_data_is_reused_on_a_second_run(tmp_path):
+    import pandas as pd
+
+    from data_prep.demo import build
+    from rrglib.labels import CHEXPERT_OBSERVATIONS
+    from rrglib.notebook import demo_data_state
+
+    rows = [{"id": f"CXR{i}", "findings": f"Findings {i}.", "impression": "Impression.",
+             "report": f"Findings {i}.", **{o: float("nan") for o in CHEXPERT_OBSERVATIONS},
+             "No Finding": 1.0} for i in range(30)]
+    options = dict(n=12, seed=3, image_size=48, positive_fraction=None)
+    data = tmp_path / "data/demo"
+    assert demo_data_state(data, **options) == "build"  # new folder
+    build(data, workers=1, sources=pd.DataFrame(rows), **options)
+    assert demo_data_state(data, **options) == "current"  # what 10_data checks: reuse
+    assert demo_data_state(data, **dict(options, seed=4)) == "build"
+    assert demo_data_state(data, **dict(options, n=13)) == "build"
+
+
+def test_notebook_defaults_are_the_demo_profile():
+    # opened by hand, 10 -> 20 -> 30 must train and evaluate a real demo model, not the smoke one
+    demo = yaml.safe_load((REPO / "configs/study_demo.yaml").read_text())["parameters"]
+    for path in sorted((REPO / "notebooks").glob("*.ipynb")):
+        cell = next(c for c in nbformat.read(path, as_version=4).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        defaults: dict = {}
+        exec(cell.source, {}, defaults)
+        for key, value in defaults.items():
+            if key in demo:
+                assert value == demo[key], f"{path.name}: {key} = {value!r}, the demo study has {demo[key]!r}"
+        if "config" in defaults:
+            assert defaults["config"] == demo["base_config"], path.name
+        assert all("smoke" not in str(v) for v in defaults.values()), path.name
+        for key in ("study_dir", "run_dir", "run_work_dir", "work_dir"):  # never into results/
+            assert not str(defaults.get(key, "runs/")).startswith("results"), (path.name, key)

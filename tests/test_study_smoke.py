@@ -80,6 +80,27 @@ def test_summary_tables(smoke_study):
     assert (results / "claims.csv").is_file() and (results / "attention_by_layer.png").is_file()
 
 
+def test_rendered_outputs_are_clean(smoke_study):
+    results = smoke_study / "results"
+    for path in sorted(results.rglob("*.ipynb")):
+        nb = executed(path)
+        text = printed(nb)
+        assert "\r" not in text and "it/s]" not in text, f"{path.name}: progress-bar fragments"
+        # 60_grounding scores NLG without Java on purpose; rrglib.metrics still warns about it
+        warned = [line for line in text.splitlines()
+                  if "Warning" in line and "NLG metrics without Java" not in line]
+        assert not warned, f"{path.name}: {warned[:3]}"
+        assert str(ROOT) + "/" not in json.dumps(nb), f"{path}: an absolute path of this checkout"
+        assert nb.metadata["papermill"]["input_path"].startswith("notebooks/")
+    html = (results / "two_stage_aux" / "20_train.html").read_text()
+    assert "from rrglib" not in html and "run_work_dir" not in html  # no code, no parameters
+    assert "Curves" in html and "<img" in html  # the narrative and the figure
+    manifest = json.loads((results / "manifest.json").read_text())
+    assert len(manifest["commits"]) == 1 and len(manifest["environments"]) == 1
+    env = next(iter(manifest["environments"].values()))
+    assert env["cpu"]["model"] and env["torch_build"]["cpu_capability"]
+
+
 def test_rerun_skips_every_finished_step(smoke_study):
     path = smoke_study / "results" / "manifest.json"
     before = json.loads(path.read_text())["steps"]

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from rrglib.config import load_config
 from rrglib.model import ReportGenerator
-from rrglib.train import epoch_batches, image_dependence, lr_factor, train
+from rrglib.train import epoch_batches, lr_factor, train
+from rrglib.validation import image_dependence
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

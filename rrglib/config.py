@@ -189,16 +189,15 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist (see configs/ for examples)")
-    text = path.read_text()
-    if not text.strip():
-        raise ConfigError(f"{path} is empty; a run config is a YAML mapping (copy configs/smoke.yaml)")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise ConfigError(f"{path}: YAML syntax error{where} ({problem}); fix the file") from None
+    if data is None:  # 0 bytes, blanks or comments only
+        raise ConfigError(f"{path} is empty; a run config is a YAML mapping (copy configs/smoke.yaml)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {type(data).__name__}")
     return data

@@ -160,7 +160,7 @@ def aux_warmup(model: ReportGenerator, features: torch.Tensor, labels: torch.Ten
         loss.backward()
         opt.step()
     model.train(was_training)
-    return float(loss)
+    return float(loss.detach())
 
 
 # -- setup ------------------------------------------------------------------------------------
@@ -194,6 +194,8 @@ def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool,
         raise ValueError("pass either --resume or --overwrite, not both")
     extra = (cfg.name,) if cfg.train.log_with else ()  # an accelerate tracker's folder
     check_output_dir(run_dir, cfg.data.manifest, extra)
+    if resume:
+        check_resume(run_dir, cfg, allow_config_change)  # before the lock creates a misspelt folder
     lock = RunLock(run_dir).__enter__()
     try:
         if resume:
@@ -495,7 +497,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--allow-config-change", action="store_true",
                         help="with --resume: continue although settings that alter training changed")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=1")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may follow the overrides
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)

@@ -221,8 +221,6 @@ def build_data(cfg: RunConfig, model: ReportGenerator,
     Training pairs images as `data.image_pairing` says; validation always shows each report
     its own study's image.
     """
-    if not cfg.data.manifest:
-        raise ConfigError("data.manifest is not set; pass data.manifest=path/to/manifest.csv")
     manifest_file = Path(cfg.data.manifest)
     manifest = load_manifest(manifest_file)
     manifest_file = manifest_file / "manifest.csv" if manifest_file.is_dir() else manifest_file
@@ -269,10 +267,16 @@ class Log:
 
     def trim(self, step: int) -> None:
         """On resume: drop records of steps after the checkpoint (the resumed run writes them again)."""
-        if self.accelerator.is_main_process and self.file.is_file():
-            keep = [line for line in self.file.read_text().splitlines()
-                    if json.loads(line).get("step", 0) <= step]
-            self.file.write_text("".join(line + "\n" for line in keep))
+        if not (self.accelerator.is_main_process and self.file.is_file()):
+            return
+        keep = []
+        for line in self.file.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # the last line of a run killed while writing it
+                continue
+        self.file.write_text("".join(line + "\n" for line in keep))
 
     def __call__(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
@@ -431,6 +435,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, allow_c
     `on_epoch_end(epoch, model, metrics)` is called on the main process after each validation.
     """
     t, run_dir = cfg.train, Path(cfg.output_dir)
+    if not cfg.data.manifest:
+        raise ConfigError("data.manifest is not set; pass data.manifest=path/to/manifest.csv")
     accelerator = make_accelerator(cfg)
     with contextlib.ExitStack() as held:
         # -- run directory: locked, checked, fresh or resumed ------------------------------------

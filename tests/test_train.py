@@ -119,6 +119,11 @@ def test_existing_run_needs_resume_or_overwrite(toy, tmp_path):
     train(cfg)
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg)
+    (tmp_path / "r" / "eval-test").mkdir()  # what evaluation writes into a run
+    first_log = (tmp_path / "r" / "metrics.jsonl").read_text()
+    train(cfg, overwrite=True)
+    assert not (tmp_path / "r" / "eval-test").exists()
+    assert (tmp_path / "r" / "metrics.jsonl").read_text().count('"kind": "epoch"') == first_log.count('"kind": "epoch"')
 
 
 def _final_state(run: Path) -> dict[str, torch.Tensor]:
@@ -158,6 +163,9 @@ def test_killed_run_resumes_to_the_same_weights(toy, tmp_path):
     resumed = subprocess.run([PY, "-m", "rrglib.train", "--config", config, "--resume",
                               f"output_dir={tmp_path / 'a'}", *args], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    assert steps == list(range(1, steps[-1] + 1))  # steps after the checkpoint are logged once, not twice
     cfg = load_config(config, [*args, f"output_dir={tmp_path / 'b'}"])
     train(cfg)
     a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")

@@ -147,6 +147,7 @@ T.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(toy, tmp_path):
     # dropout on everywhere, so the resumed run only matches if RNG states are restored too
     args = [f"data.manifest={toy}", "train.val_generation_samples=0", "train.strategy=two_stage",
@@ -173,6 +174,7 @@ def test_killed_run_resumes_to_the_same_weights(toy, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run_keeps_ranks_identical(toy, tmp_path):
     out = tmp_path / "ddp"
     # accelerate's --cpu launcher starts a single process (multi-CPU needs mpirun); with no GPU,

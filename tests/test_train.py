@@ -333,3 +333,14 @@ def test_two_runs_with_one_seed_give_identical_weights_and_reports(toy, tmp_path
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert reports_a == reports_b and any(reports_a)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(toy, tmp_path, monkeypatch):
+    import rrglib.train as T
+    losses = iter([1.0, 0.5, 0.7, 0.6, 0.1])  # best at epoch 1, then two epochs without a better one
+    monkeypatch.setattr(T, "validate", lambda *a, **k: {"val_loss": next(losses)})
+    cfg = cfg_for(toy, tmp_path / "es", "train.strategy=frozen", "train.epochs=5", "train.early_stopping_patience=2")
+    train(cfg)
+    summary = json.loads((tmp_path / "es" / "summary.json").read_text())
+    assert summary["early_stopped"] is True and summary["epochs_run"] == 4
+    assert summary["best"] == 0.5 and summary["best_epoch"] == 1

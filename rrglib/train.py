@@ -250,13 +250,13 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def agree(accelerator: Accelerator, decision: bool) -> bool:
-    """The main process's decision, on every process."""
+def from_main(accelerator: Accelerator, value: Any) -> Any:
+    """The main process's `value` (a decision, an error message), on every process."""
     if accelerator.num_processes == 1:
-        return decision
-    box = [decision]
+        return value
+    box = [value]
     broadcast_object_list(box)
-    return bool(box[0])
+    return box[0]
 
 
 class Log:
@@ -398,7 +398,7 @@ def end_epoch(run: Run, val_batcher: Batcher, epoch: int, stage: int, use_featur
         if on_epoch_end is not None:
             on_epoch_end(epoch, run.model, metrics)
         stop = t.early_stopping_patience is not None and state["bad_epochs"] >= t.early_stopping_patience
-    stop = agree(acc, stop)
+    stop = from_main(acc, stop)
     state.update(epoch=epoch + 1, batch=0)
     if acc.is_main_process:
         save_checkpoint(run.run_dir, run.model, run.optimizer, state)
@@ -440,11 +440,16 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, allow_c
     accelerator = make_accelerator(cfg)
     with contextlib.ExitStack() as held:
         # -- run directory: locked, checked, fresh or resumed ------------------------------------
-        ckpt, changes = None, {}
+        ckpt, changes, refusal = None, {}, None
         if accelerator.is_main_process:
-            lock, ckpt, changes = open_run_dir(cfg, resume, overwrite, allow_config_change)
-            held.callback(lock.__exit__, None, None, None)
-        accelerator.wait_for_everyone()
+            try:
+                lock, ckpt, changes = open_run_dir(cfg, resume, overwrite, allow_config_change)
+                held.callback(lock.__exit__, None, None, None)
+            except (ValueError, FileExistsError) as exc:
+                refusal = exc
+        refusal = from_main(accelerator, refusal)  # every process stops, none waits for the others
+        if refusal is not None:
+            raise refusal
         if resume and not accelerator.is_main_process:
             ckpt = latest_checkpoint(run_dir)
 

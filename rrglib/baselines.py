@@ -2,7 +2,7 @@
 
 - most frequent: the commonest training report, for every test study;
 - retrieval: the training report whose image is nearest by (frozen, pretrained) encoder feature;
-- image-blind: not here — it is a training run with `model.image_blind: true`.
+- image-blind controls: not here — training runs with `data.image_pairing: deranged` (or `model.image_blind: true`).
 
     python -m rrglib.baselines --config configs/demo.yaml --out runs/demo/baselines [--split test]
 """
@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from .config import RunConfig, load_config
-from .data import ReportDataset, load_manifest
+from .data import ReportDataset, dataset_for, load_manifest
 from .encoder import build_encoder
 from .evaluate import score_generations, write_results
-from .train import encode_dataset
+from .features import encode_dataset
 
 
 def most_frequent_report(train_reports: pd.Series) -> str:
@@ -36,20 +36,9 @@ def most_frequent_generations(train: pd.DataFrame, test: pd.DataFrame) -> pd.Dat
     return pd.DataFrame({"id": test["id"].astype(str), "reference": test["report"], "generated": text})
 
 
-class _EncoderOnly(torch.nn.Module):
-    """Adapter so `encode_dataset` can run a bare encoder."""
-
-    def __init__(self, encoder: torch.nn.Module):
-        super().__init__()
-        self.encoder = encoder
-
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder(images)
-
-
 def pooled_features(encoder: torch.nn.Module, dataset: ReportDataset, batch_size: int) -> torch.Tensor:
     """Mean-pooled, L2-normalised encoder features (N, C)."""
-    tokens = encode_dataset(_EncoderOnly(encoder).eval(), dataset, batch_size, show=False)
+    tokens = encode_dataset(encoder.eval(), dataset, batch_size, show=False)
     return F.normalize(tokens.float().mean(1), dim=-1)
 
 
@@ -67,9 +56,8 @@ def run_baselines(cfg: RunConfig, out_dir: str | Path, split: str = "test", n_bo
     out_dir = Path(out_dir)
     manifest = load_manifest(cfg.data.manifest)
     encoder = build_encoder(cfg.model.encoder)
-    args = dict(image_size=cfg.model.encoder.image_size, mean=encoder.mean, std=encoder.std)
-    train_ds = ReportDataset(manifest, "train", max_samples=cfg.data.max_train_samples, **args)
-    test_ds = ReportDataset(manifest, split, max_samples=max_samples or cfg.data.max_eval_samples, **args)
+    train_ds = dataset_for(cfg, "train", manifest)
+    test_ds = dataset_for(cfg, split, manifest, max_samples=max_samples)
     gens = {"most_frequent": most_frequent_generations(train_ds.df, test_ds.df)}
     with torch.no_grad():
         train_feats = pooled_features(encoder, train_ds, cfg.data.eval_batch_size)

@@ -1,7 +1,9 @@
 """Run configuration: one dataclass tree, read from and written to YAML.
 
 The YAML saved beside every result is the single source of truth for that result.
-Defaults are the paper's choices where the paper states one.
+Defaults are the paper's choices where the paper states one. Every value is checked here,
+when the file is read and before any model is built: its type (`Literal` fields list their
+choices), its range (`bounded(...)` fields) and the few rules that tie two keys together.
 """
 
 from __future__ import annotations
@@ -9,19 +11,32 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, Literal, get_type_hints
 
 import yaml
 
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 
+
+class ConfigError(ValueError):
+    """A config value that cannot be used; the message names the file, the key and the fix."""
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
+            lt: float | None = None) -> Any:
+    """A dataclass field whose value must satisfy `>= ge`, `> gt` and `< lt` (None = no bound)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "lt": lt})
+
+
 @dataclass
 class EncoderConfig:
     name: str = "resnet50"  # a key of rrglib.encoder.ENCODERS
     pretrained: bool = True  # ImageNet weights
-    image_size: int = 224
+    image_size: int = bounded(224, ge=8)
     # BatchNorm running statistics stay at their ImageNet values even while the encoder is
     # fine-tuned: with 4-16 images per batch, batch statistics are too noisy to re-estimate.
     freeze_bn_stats: bool = True
@@ -29,29 +44,29 @@ class EncoderConfig:
 
 @dataclass
 class MapperConfig:
-    num_prompts: int = 32  # K soft visual prompts
-    d_model: int = 512
-    num_heads: int = 8
-    dim_feedforward: int = 2048
-    dropout: float = 0.1
-    max_tokens: int = 1024  # largest encoder token grid the positional embedding covers
+    num_prompts: int = bounded(32, ge=1)  # K soft visual prompts
+    d_model: int = bounded(512, ge=1)
+    num_heads: int = bounded(8, ge=1)
+    dim_feedforward: int = bounded(2048, ge=1)
+    dropout: float = bounded(0.1, ge=0.0, lt=1.0)
+    max_tokens: int = bounded(1024, ge=1)  # largest encoder token grid the positional embedding covers
     # "none" (the paper's mapper) or "batch": standardise every prompt dimension over the batch
     # (running statistics at inference), so the image-independent part of the prompts cannot
     # grow until it drowns the image-dependent part
-    prompt_norm: str = "none"
+    prompt_norm: Literal["none", "batch"] = "none"
 
 
 @dataclass
 class LLMConfig:
     # a key of rrglib.llm.LLMS ("tiny-gpt2", "tiny-llama", "smollm2-135m"), a hub id or a local dir
     name: str = "gpt2"
-    attn_implementation: str = "sdpa"  # "eager" is needed for attention maps
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # eager: attention maps
+    lora_r: int = bounded(8, ge=1)
+    lora_alpha: int = bounded(16, gt=0)
+    lora_dropout: float = bounded(0.05, ge=0.0, lt=1.0)
     lora_target_modules: list[str] | None = None  # None: the architecture's default
     prompt: str = "Findings:"
-    max_report_tokens: int = 128
+    max_report_tokens: int = bounded(128, ge=2)
     gradient_checkpointing: bool = False
 
 
@@ -61,65 +76,74 @@ class ModelConfig:
     mapper: MapperConfig = field(default_factory=MapperConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     # auxiliary finding loss on the pooled, normalised soft prompts (0 = the paper's method)
-    aux_loss_weight: float = 0.0
+    aux_loss_weight: float = bounded(0.0, ge=0.0)
     aux_labels: list[str] = field(default_factory=lambda: list(CHEXPERT_OBSERVATIONS))
     # how the head normalises the pooled prompts: "batch" standardises each dimension over the
     # batch (reads the image signal however small it is next to the image-independent part);
     # "layer" normalises each study's vector, so the head only sees what is large per study
-    aux_norm: str = "batch"
-    # replace every image by a constant: the image-blind control
+    aux_norm: Literal["batch", "layer"] = "batch"
+    # replace every image by a constant: the old image-blind control (see data.image_pairing)
     image_blind: bool = False
 
 
 @dataclass
 class DataConfig:
     manifest: str = ""  # path to manifest.csv; image paths are relative to its folder
-    batch_size: int = 8
-    eval_batch_size: int = 16
-    num_workers: int = 0
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
+    batch_size: int = bounded(8, ge=1)
+    eval_batch_size: int = bounded(16, ge=1)
+    num_workers: int = bounded(0, ge=0)
+    max_train_samples: int | None = bounded(None, ge=1)
+    max_eval_samples: int | None = bounded(None, ge=1)
+    # which image each training report is paired with: "own" (the study's image), "deranged"
+    # (another study's image, a fixed derangement per train.seed: the fair image-blind control,
+    # prompts with real image statistics but no association), "constant" (one study's image for
+    # every report). Validation always pairs each report with its own image.
+    image_pairing: Literal["own", "deranged", "constant"] = "own"
 
 
 @dataclass
 class TrainConfig:
-    strategy: str = "two_stage"  # frozen | finetune | two_stage
-    epochs: int = 3
-    stage1_epochs: int = 1  # two_stage: epochs with the encoder frozen
-    lr_encoder: float = 1e-5
-    lr_mapper: float = 1e-4
-    lr_lora: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 100
-    encoder_warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | linear | constant
-    max_grad_norm: float = 1.0
-    grad_accum_steps: int = 1
-    mixed_precision: str = "no"  # no | bf16 | fp16
-    seed: int = 42
+    strategy: Literal["frozen", "finetune", "two_stage"] = "two_stage"
+    epochs: int = bounded(3, ge=1)
+    stage1_epochs: int = bounded(1, ge=0)  # two_stage: epochs with the encoder frozen
+    lr_encoder: float = bounded(1e-5, gt=0.0)
+    lr_mapper: float = bounded(1e-4, gt=0.0)
+    lr_lora: float = bounded(1e-4, gt=0.0)
+    weight_decay: float = bounded(0.01, ge=0.0)
+    warmup_steps: int = bounded(100, ge=0)
+    encoder_warmup_steps: int = bounded(100, ge=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float | None = bounded(1.0, ge=0.0)  # 0 or None: no clipping
+    grad_accum_steps: int = bounded(1, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # see rrglib.devices
+    seed: int = bounded(42, ge=0)
     cache_features: bool = False  # reuse encoder features while the encoder is frozen
     # steps fitting mapper + finding head to the labels alone (frozen encoder, no LLM) before the
     # run starts; needs model.aux_loss_weight > 0. 0 = off (the paper's runs)
-    aux_warmup_steps: int = 0
+    aux_warmup_steps: int = bounded(0, ge=0)
     feature_cache_dir: str | None = None
-    eval_every_epoch: bool = True
-    val_generation_samples: int = 32
-    best_metric: str = "val_loss"  # val_loss | val_f1
-    early_stopping_patience: int | None = None
-    checkpoint_every_steps: int = 200
-    log_every_steps: int = 10
-    num_threads: int | None = None  # torch intra-op threads; None = torch default
+    # greedy reports written per validation for val_f1 (0 = no val_f1). F1 over 8 reports was
+    # 0.0 for every demo run, so best_metric val_f1 needs at least MIN_VAL_F1_SAMPLES of them.
+    val_generation_samples: int = bounded(32, ge=0)
+    best_metric: Literal["val_loss", "val_f1"] = "val_loss"
+    early_stopping_patience: int | None = bounded(None, ge=1)
+    checkpoint_every_steps: int = bounded(200, ge=0)  # 0: only at the end of each epoch
+    log_every_steps: int = bounded(10, ge=1)
+    num_threads: int | None = bounded(None, ge=1)  # torch intra-op threads; None = torch default
     log_with: str | None = None  # an accelerate tracker, e.g. "tensorboard"
 
 
 @dataclass
 class GenerationConfig:
-    max_new_tokens: int = 100
-    num_beams: int = 1
+    max_new_tokens: int = bounded(100, ge=1)
+    num_beams: int = bounded(1, ge=1)
     do_sample: bool = False
-    temperature: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
+    repetition_penalty: float = bounded(1.0, gt=0.0)
+    no_repeat_ngram_size: int = bounded(0, ge=0)
+
+
+# val_f1 from fewer greedy reports is mostly noise (0.0 for every 8-report demo validation)
+MIN_VAL_F1_SAMPLES = 32
 
 
 @dataclass
@@ -144,17 +168,14 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> RunConfig:
-        return _build(cls, data or {}, source, "")
+        cfg = config_from_dict(cls, data or {}, source)
+        check_rules(cfg, source)
+        return cfg
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist (see configs/ for examples)")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config must be a YAML mapping, got {type(data).__name__}")
-        apply_overrides(data, overrides or [])
+        data = read_yaml(path)
+        apply_overrides(data, overrides or [], str(path))
         return cls.from_dict(data, source=str(path))
 
     def hash(self) -> str:
@@ -163,58 +184,141 @@ class RunConfig:
         return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file as a dict; a missing, empty or malformed file is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist (see configs/ for examples)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ConfigError(f"{path}: YAML syntax error{where} ({problem}); fix the file") from None
+    if data is None:  # 0 bytes, blanks or comments only
+        raise ConfigError(f"{path} is empty; a run config is a YAML mapping (copy configs/smoke.yaml)")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "<overrides>") -> dict[str, Any]:
     """Apply `a.b.c=value` overrides (value parsed as YAML) to a nested dict in place."""
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like section.key=value")
+            raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if node is None:
+                node = data[part] = {}
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML; quote it") from None
     return data
 
 
-def _build(cls: type, data: dict[str, Any], source: str, prefix: str) -> Any:
+def config_from_dict(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """Build the dataclass `cls` from a nested dict, checking keys, types and ranges."""
     if not isinstance(data, dict):
-        raise ValueError(f"{source}: section '{prefix or 'top'}' must be a mapping")
+        raise ConfigError(f"{source}: section '{prefix.rstrip('.') or 'top'}' must be a mapping")
     hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    data = {k: v for k, v in data.items() if RETIRED.get(prefix + k, _ABSENT) != v}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"valid keys here: {', '.join(sorted(names))}"
+            f"valid keys here: {', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in data.items():
-        hint = hints[name]
+        hint, key = hints[name], f"{prefix}{name}"
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value or {}, source, f"{prefix}{name}.")
+            kwargs[name] = config_from_dict(hint, value or {}, source, f"{key}.")
         else:
-            kwargs[name] = _coerce(value, hint, f"{source}: {prefix}{name}")
+            kwargs[name] = _check_range(_coerce(value, hint, source, key), fields[name].metadata, source, key)
     return cls(**kwargs)
 
 
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    # YAML 1.1 reads `1e-3` (no dot) as a string; accept it where the field is a float
-    if isinstance(value, str) and float in getattr(hint, "__args__", (hint,)):
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"{where} must be a number, got {value!r}") from None
+# Removed keys that never had an effect: configs saved before their removal still load as long
+# as they hold the old default; any other value is an unknown key.
+_ABSENT = object()
+RETIRED: dict[str, Any] = {"train.eval_every_epoch": True, "generation.temperature": 1.0}
+
+_build = config_from_dict  # the old private name, still imported by rrglib.model
+
+
+def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
+    """`value` as the type `hint` names, or a ConfigError naming the key and what it accepts."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], source, key)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: {key} must be a list of strings, e.g. [a, b]; got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false; got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be a whole number; got {value!r}")
+        return value
+    if hint is float:
+        # YAML 1.1 reads `1e-3` (no dot) as a string; accept it as the number it means
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key} must be a number; got {value!r}")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise ConfigError(f"{source}: {key} must be a string (quote it); got {value!r}")
     return value
+
+
+def _check_range(value: Any, bounds: Any, source: str, key: str) -> Any:
+    if value is None or not bounds:
+        return value
+    ge, gt, lt = bounds.get("ge"), bounds.get("gt"), bounds.get("lt")
+    wanted = " and ".join(s for s in (f">= {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
+                                      f"< {lt}" if lt is not None else "") if s)
+    if (ge is not None and value < ge) or (gt is not None and value <= gt) or (lt is not None and value >= lt):
+        raise ConfigError(f"{source}: {key} must be {wanted}; got {value!r}")
+    return value
+
+
+def check_rules(cfg: RunConfig, source: str) -> None:
+    """The rules that tie two keys together."""
+    t = cfg.train
+    if t.aux_warmup_steps > 0 and cfg.model.aux_loss_weight <= 0:
+        raise ConfigError(f"{source}: train.aux_warmup_steps needs model.aux_loss_weight > 0 "
+                          "(there is no finding head to warm up); set one of them")
+    if t.best_metric == "val_f1" and t.val_generation_samples < MIN_VAL_F1_SAMPLES:
+        raise ConfigError(f"{source}: train.best_metric val_f1 needs train.val_generation_samples >= "
+                          f"{MIN_VAL_F1_SAMPLES} (got {t.val_generation_samples}); F1 over fewer reports is noise")
+    if t.strategy == "two_stage" and t.stage1_epochs >= t.epochs:
+        raise ConfigError(f"{source}: train.stage1_epochs ({t.stage1_epochs}) must be below train.epochs "
+                          f"({t.epochs}) for two_stage, or the encoder is never unfrozen; use strategy frozen")
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """Read a run config YAML, apply `section.key=value` overrides and validate it."""
-    cfg = RunConfig.from_yaml(path, overrides)
-    if cfg.train.strategy not in ("frozen", "finetune", "two_stage"):
-        raise ValueError(
-            f"{path}: train.strategy must be frozen, finetune or two_stage, got {cfg.train.strategy!r}"
-        )
-    return cfg
+    return RunConfig.from_yaml(path, overrides)

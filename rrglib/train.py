@@ -1,12 +1,14 @@
-"""The two-stage training loop.
+"""The training loop, and the paper's two-stage switch (`unfreeze_encoder`).
 
 Reads top to bottom: config -> data -> model -> optimizer -> loop -> checkpoint.
 Strategies: `frozen` (encoder never trains), `finetune` (encoder trains from the first step),
-`two_stage` (encoder frozen for `stage1_epochs`, then unfrozen; at the switch the optimizer
-gains an encoder parameter group with its own learning rate and warm-up).
+`two_stage` (encoder frozen for `stage1_epochs`, then unfrozen by `unfreeze_encoder`: the
+optimizer gains an encoder parameter group with its own learning rate and warm-up).
+Run directories, locks and checkpoints: `rrglib.checkpoint`; batches and the encoder feature
+cache: `rrglib.features`; what is measured after each epoch: `rrglib.validation`.
 
 Usage:
-    python -m rrglib.train --config configs/demo.yaml [--resume] [section.key=value ...]
+    python -m rrglib.train --config configs/demo.yaml [--resume] [--overwrite] [section.key=value ...]
     accelerate launch --num_processes 2 --cpu -m rrglib.train --config configs/smoke.yaml
 """
 
@@ -14,15 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import math
-import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,28 +31,63 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list
-from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import RunConfig, load_config
-from .data import ReportCollator, ReportDataset, load_manifest
-from .llm import cache_dir
+from .checkpoint import (
+    RunLock,
+    check_output_dir,
+    check_resume,
+    checkpoint_state,
+    clear_run_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    mark_run_dir,
+    save_checkpoint,
+    state_digest,
+)
+from .config import ConfigError, RunConfig, load_config
+from .data import dataset_for, load_manifest
+from .devices import bf16_is_emulated
+from .features import Batcher, cached_features, model_inputs, pair_images
 from .model import ReportGenerator, finding_targets
+from .validation import image_dependence, validate
 
-# ---------------------------------------------------------------------------------------
-# small pieces
-# ---------------------------------------------------------------------------------------
+__all__ = ["Batcher", "image_dependence", "train", "unfreeze_encoder"]
+
+# -- the two stages ---------------------------------------------------------------------------
 
 
 def stage_of(cfg: RunConfig, epoch: int) -> int:
     """1 while the encoder is frozen, 2 once it trains."""
-    strategy = cfg.train.strategy
-    if strategy == "frozen":
+    if cfg.train.strategy == "frozen":
         return 1
-    if strategy == "finetune":
+    if cfg.train.strategy == "finetune":
         return 2
     return 1 if epoch < cfg.train.stage1_epochs else 2
+
+
+def encoder_group(model: ReportGenerator, cfg: RunConfig, start_step: int) -> dict[str, Any]:
+    """The encoder's optimizer group: its own learning rate, warmed up from `start_step`."""
+    return {"name": "encoder", "params": list(model.encoder.parameters()), "base_lr": cfg.train.lr_encoder,
+            "warmup": cfg.train.encoder_warmup_steps, "start_step": start_step,
+            "weight_decay": cfg.train.weight_decay, "lr": 0.0}
+
+
+def unfreeze_encoder(model: ReportGenerator, optimizer: torch.optim.Optimizer, cfg: RunConfig,
+                     start_step: int, accelerator: Accelerator | None = None) -> torch.nn.Module:
+    """Stage 2: the encoder trains from `start_step` on. Returns the module to train.
+
+    Under several processes, DDP must learn about the newly trainable parameters, so the model
+    is prepared again (pass `accelerator` once the model has been prepared).
+    """
+    model.set_encoder_trainable(True)
+    getattr(optimizer, "optimizer", optimizer).add_param_group(encoder_group(model, cfg, start_step))
+    if accelerator is not None and accelerator.num_processes > 1:
+        return accelerator.prepare_model(model)
+    return model
+
+
+# -- optimizer and schedule -------------------------------------------------------------------
 
 
 def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
@@ -64,9 +99,7 @@ def lr_factor(step: int, warmup: int, total: int, schedule: str) -> float:
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if schedule == "linear":
         return 1.0 - progress
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"train.schedule must be cosine, linear or constant, got {schedule!r}")
+    return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine; config.py allows no other value
 
 
 class GroupSchedule:
@@ -93,122 +126,12 @@ def param_groups(model: ReportGenerator, cfg: RunConfig) -> list[dict[str, Any]]
     ]
 
 
-def encoder_group(model: ReportGenerator, cfg: RunConfig, start_step: int) -> dict[str, Any]:
-    return {"name": "encoder", "params": list(model.encoder.parameters()), "base_lr": cfg.train.lr_encoder,
-            "warmup": cfg.train.encoder_warmup_steps, "start_step": start_step,
-            "weight_decay": cfg.train.weight_decay, "lr": 0.0}
-
-
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """This rank's batches for one epoch: a seeded permutation, equal batch counts on every rank."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
     per_rank = len(perm) // world  # drop the tail so every rank takes the same number of steps
     mine = perm[rank * per_rank:(rank + 1) * per_rank]
     return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-
-
-def trainable_state(model: ReportGenerator) -> dict[str, torch.Tensor]:
-    """Everything a run changes: mapper, aux head, LoRA and (once trained) the encoder."""
-    keep = ("mapper.", "aux_head.")
-    if model.encoder_trained or not model.cfg.encoder.pretrained:
-        keep = keep + ("encoder.",)
-    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
-            if k.startswith(keep) or "lora_" in k}
-
-
-def state_digest(model: ReportGenerator) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def image_dependence(prompts: torch.Tensor) -> float:
-    """Variance of the soft prompts across images / their mean squared norm (0 = image-blind)."""
-    p = prompts.float().flatten(1)
-    return float(((p - p.mean(0)) ** 2).sum(1).mean() / (p ** 2).sum(1).mean().clamp_min(1e-12))
-
-
-def micro_f1(targets: np.ndarray, preds: np.ndarray) -> float:
-    """Micro F1 of binary matrices (zero_division = 0)."""
-    tp = float((targets * preds).sum())
-    denom = float(targets.sum() + preds.sum())
-    return 0.0 if denom == 0 else 2 * tp / denom
-
-
-# ---------------------------------------------------------------------------------------
-# encoder feature cache (only valid while the encoder is frozen)
-# ---------------------------------------------------------------------------------------
-
-
-def feature_cache_path(cfg: RunConfig, manifest_file: Path, split: str, n: int) -> Path:
-    enc = cfg.model.encoder
-    key = json.dumps({
-        "encoder": [enc.name, enc.pretrained, enc.image_size], "blind": cfg.model.image_blind,
-        "manifest": hashlib.sha256(manifest_file.read_bytes()).hexdigest(), "split": split, "n": n,
-    }, sort_keys=True)
-    root = Path(cfg.train.feature_cache_dir) if cfg.train.feature_cache_dir else cache_dir() / "features"
-    return root / f"{enc.name}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
-
-
-@torch.no_grad()
-def encode_dataset(model: ReportGenerator, dataset: ReportDataset, batch_size: int,
-                   desc: str = "encoding", show: bool = True) -> torch.Tensor:
-    """Frozen-encoder features of every study, in dataset order, as float16 (N, tokens, C)."""
-    model.encoder.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                        collate_fn=ReportCollator(None), generator=torch.Generator())
-    chunks = [model.encode_images(b["images"]).half() for b in tqdm(loader, desc=desc, disable=not show)]
-    return torch.cat(chunks)
-
-
-def cached_features(model: ReportGenerator, cfg: RunConfig, dataset: ReportDataset, manifest_file: Path,
-                    split: str, accelerator: Accelerator) -> torch.Tensor:
-    """Load this split's encoder features from the cache, computing them once (main process)."""
-    path = feature_cache_path(cfg, manifest_file, split, len(dataset))
-    if accelerator.is_main_process and not path.is_file():
-        feats = encode_dataset(model, dataset, cfg.data.eval_batch_size, f"caching {split} features")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
-        save_file({"features": feats}, str(tmp))
-        os.replace(tmp, path)
-    accelerator.wait_for_everyone()
-    return load_file(str(path))["features"]
-
-
-class Batcher:
-    """Turns index lists into model-ready batches, from cached features or from images."""
-
-    def __init__(self, dataset: ReportDataset, model: ReportGenerator, num_workers: int = 0):
-        self.dataset, self.model, self.num_workers = dataset, model, num_workers
-        self.collate = ReportCollator(model.tokenize_reports)
-        self.features: torch.Tensor | None = None
-
-    def batches(self, index_lists: list[list[int]], use_features: bool):
-        if use_features and self.features is not None:
-            for idx in index_lists:
-                reports = [str(self.dataset.df["report"].iloc[i]) for i in idx]
-                tok = self.model.tokenize_reports(reports)
-                yield {"features": self.features[idx].float(), "labels": self.dataset.labels[idx],
-                       "report_input_ids": tok["input_ids"], "report_attention_mask": tok["attention_mask"],
-                       "reports": reports, "ids": [str(self.dataset.df["id"].iloc[i]) for i in idx]}
-        else:
-            # a private generator: creating a DataLoader must not draw from the global RNG,
-            # or a resumed run's dropout masks would drift from the uninterrupted run's
-            loader = DataLoader(self.dataset, batch_sampler=index_lists, collate_fn=self.collate,
-                                num_workers=self.num_workers, generator=torch.Generator())
-            yield from loader
-
-
-def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    keys = ("report_input_ids", "report_attention_mask", "images", "features", "labels")
-    return {k: batch[k].to(device) for k in keys if k in batch}
-
-
-# ---------------------------------------------------------------------------------------
-# checkpoints
-# ---------------------------------------------------------------------------------------
 
 
 def aux_warmup(model: ReportGenerator, features: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
@@ -237,342 +160,339 @@ def aux_warmup(model: ReportGenerator, features: torch.Tensor, labels: torch.Ten
         loss.backward()
         opt.step()
     model.train(was_training)
-    return float(loss)
+    return float(loss.detach())
 
 
-def save_checkpoint(run_dir: Path, model: ReportGenerator, optimizer, state: dict[str, Any]) -> Path:
-    """Write checkpoints/ckpt-<step>/ completely, then atomically point `latest` at it."""
-    ckpt_root = run_dir / "checkpoints"
-    name = f"ckpt-{state['global_step']:07d}-{state['epoch']}-{state['batch']}"
-    tmp = ckpt_root / (name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
-           "numpy": [np.random.get_state()[0], torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-                     *np.random.get_state()[2:]]}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    final = ckpt_root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer = ckpt_root / "latest.partial"
-    pointer.write_text(name)
-    os.replace(pointer, ckpt_root / "latest")  # the switch to the new checkpoint is one rename
-    for old in ckpt_root.glob("ckpt-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
+# -- setup ------------------------------------------------------------------------------------
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / "latest"
-    if not pointer.is_file():
-        return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    return path if (path / "state.json").is_file() else None
-
-
-def load_checkpoint(path: Path, model: ReportGenerator, optimizer, cfg: RunConfig) -> dict[str, Any]:
-    state = json.loads((path / "state.json").read_text())
-    missing = model.load_state_dict(load_file(str(path / "trainable.safetensors")), strict=False)
-    if missing.unexpected_keys:
-        raise ValueError(f"{path}: checkpoint does not match the model ({missing.unexpected_keys[:3]})")
-    if state["stage"] == 2 and not any(g.get("name") == "encoder" for g in optimizer.param_groups):
-        model.set_encoder_trainable(True)
-        optimizer.add_param_group(encoder_group(model, cfg, state["encoder_start_step"]))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=False)
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    np_state = rng["numpy"]
-    np.random.set_state((np_state[0], np_state[1].numpy().astype(np.uint32), *np_state[2:]))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return state
-
-
-# ---------------------------------------------------------------------------------------
-# validation
-# ---------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def validate(model: ReportGenerator, batcher: Batcher, cfg: RunConfig, accelerator: Accelerator,
-             use_features: bool) -> dict[str, float]:
-    """Val loss with true and with shuffled images, prompt image-dependence, aux F1, generation F1."""
-    model.eval()
-    device = accelerator.device
-    n = len(batcher.dataset)
-    index_lists = [list(range(i, min(n, i + cfg.data.eval_batch_size))) for i in range(0, n, cfg.data.eval_batch_size)]
-    tot = tot_shuf = 0.0
-    count = 0
-    prompts, aux_logits, labels = [], [], []
-    for batch in batcher.batches(index_lists, use_features):
-        inputs = model_inputs(batch, device)
-        tokens = int(inputs["report_attention_mask"].sum())
-        with accelerator.autocast():
-            out = model(**inputs)
-            # another patient's image: a gap to the true-image loss means the report uses the image
-            shuffled = {k: (v.roll(1, 0) if k in ("images", "features") else v) for k, v in inputs.items()}
-            out_shuf = model(**shuffled)
-        tot += out.lm_loss.item() * tokens
-        tot_shuf += out_shuf.lm_loss.item() * tokens
-        count += tokens
-        prompts.append(out.prompts.float().cpu())
-        labels.append(inputs["labels"].cpu())
-        if out.aux_logits is not None:
-            aux_logits.append(out.aux_logits.float().cpu())
-    metrics = {"val_loss": tot / count, "val_loss_shuffled": tot_shuf / count,
-               "prompt_image_dependence": image_dependence(torch.cat(prompts))}
-    metrics["val_shuffle_gap"] = metrics["val_loss_shuffled"] - metrics["val_loss"]
-    all_labels = torch.cat(labels)
-    if aux_logits:
-        preds = (torch.cat(aux_logits) > 0).float().numpy()
-        metrics["aux_f1"] = micro_f1(finding_targets(all_labels).numpy(), preds)
-    k = min(cfg.train.val_generation_samples, n)
-    if k > 0:
-        metrics["val_f1"] = generation_f1(model, batcher, cfg, accelerator, list(range(k)), use_features)
-    return metrics
-
-
-@torch.no_grad()
-def generation_f1(model: ReportGenerator, batcher: Batcher, cfg: RunConfig, accelerator: Accelerator,
-                  indices: list[int], use_features: bool) -> float:
-    """Micro-F1 (14 observations, positive or uncertain = 1) of greedy reports, rule-based labels."""
-    from .labeler import label_reports
-    from .metrics import clinical_efficacy
-
-    refs, hyps = [], []
-    chunks = [indices[i:i + cfg.data.eval_batch_size] for i in range(0, len(indices), cfg.data.eval_batch_size)]
-    for batch in batcher.batches(chunks, use_features):
-        inputs = model_inputs(batch, accelerator.device)
-        with accelerator.autocast():
-            hyps += model.generate(images=inputs.get("images"), features=inputs.get("features"),
-                                   max_new_tokens=cfg.generation.max_new_tokens)
-        refs += batch["reports"]
-    scores, _ = clinical_efficacy(label_reports(refs), label_reports(hyps))
-    return scores["F1-RB-14-micro"]  # the same metric the evaluation reports
-
-
-# ---------------------------------------------------------------------------------------
-# the loop
-# ---------------------------------------------------------------------------------------
-
-
-def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False,
-          on_epoch_end: Callable[[int, ReportGenerator, dict[str, Any]], None] | None = None) -> Path:
-    """Train a ReportGenerator as configured; returns the run directory.
-
-    `on_epoch_end(epoch, model, metrics)` is called on the main process after each validation.
-    """
+def make_accelerator(cfg: RunConfig) -> Accelerator:
+    """Device, precision and processes (accelerate); warns where bf16 would be emulated."""
     t = cfg.train
-    run_dir = Path(cfg.output_dir)
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # cpu=True on a machine without CUDA lets `torchrun --nproc_per_node N` form a gloo group
     accelerator = Accelerator(mixed_precision=t.mixed_precision, kwargs_handlers=[ddp],
-                              cpu=not torch.cuda.is_available(),
-                              log_with=t.log_with, project_dir=str(run_dir))
-    main = accelerator.is_main_process
-    cpu_kind = torch.backends.cpu.get_cpu_capability()
-    if t.mixed_precision == "bf16" and accelerator.device.type == "cpu" and "AVX512" not in cpu_kind:
-        # measured: on an AVX2-only CPU a bf16 matmul ran ~400x slower than fp32
-        accelerator.print(f"warning: bf16 on a CPU without AVX512 ({cpu_kind}) is emulated and very "
-                          "slow; set train.mixed_precision: 'no' (see benchmarks/)")
+                              cpu=not torch.cuda.is_available(), log_with=t.log_with,
+                              project_dir=cfg.output_dir)
+    if t.mixed_precision == "bf16" and bf16_is_emulated(accelerator.device):
+        accelerator.print(f"warning: bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}) is "
+                          "emulated and very slow; set train.mixed_precision: 'no' (see benchmarks/)")
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
+    return accelerator
 
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is not None and not resume and not overwrite:
-        raise FileExistsError(f"{run_dir} already holds a checkpoint; pass --resume to continue it "
-                              "or --overwrite to start again")
-    if main and overwrite and not resume:
-        shutil.rmtree(run_dir, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.to_yaml(run_dir / "config.yaml")
 
-    # -- data --------------------------------------------------------------------------
+def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool,
+                 allow_config_change: bool) -> tuple[RunLock, Path | None, dict[str, Any]]:
+    """Lock the run directory and decide where the run starts: (lock, checkpoint, config changes).
+
+    A new run (or `overwrite`) starts from an empty directory, so a run that died before its
+    first checkpoint leaves no old metrics behind; only files a run writes are ever deleted.
+    """
+    run_dir = Path(cfg.output_dir)
+    if resume and overwrite:
+        raise ValueError("pass either --resume or --overwrite, not both")
+    extra = (cfg.name,) if cfg.train.log_with else ()  # an accelerate tracker's folder
+    check_output_dir(run_dir, cfg.data.manifest, extra)
+    if resume:
+        check_resume(run_dir, cfg, allow_config_change)  # before the lock creates a misspelt folder
+    lock = RunLock(run_dir).__enter__()
+    try:
+        if resume:
+            ckpt, changes = check_resume(run_dir, cfg, allow_config_change)
+            if changes:
+                cfg.to_yaml(run_dir / "config.yaml")  # the saved config says what runs from now on
+            return lock, ckpt, changes
+        if latest_checkpoint(run_dir) is not None and not overwrite:
+            raise FileExistsError(f"{run_dir} already holds a checkpoint; pass --resume to continue it "
+                                  "or --overwrite to start again")
+        clear_run_dir(run_dir, extra)
+        mark_run_dir(run_dir, cfg)
+        return lock, None, {}
+    except BaseException:
+        lock.__exit__(None, None, None)
+        raise
+
+
+def build_data(cfg: RunConfig, model: ReportGenerator,
+               accelerator: Accelerator) -> tuple[Batcher, Batcher, torch.Tensor | None]:
+    """Training and validation batches, and the features the aux warm-up fits (or None).
+
+    Training pairs images as `data.image_pairing` says; validation always shows each report
+    its own study's image.
+    """
     manifest_file = Path(cfg.data.manifest)
     manifest = load_manifest(manifest_file)
     manifest_file = manifest_file / "manifest.csv" if manifest_file.is_dir() else manifest_file
-
-    # -- model -------------------------------------------------------------------------
-    torch.manual_seed(t.seed)  # the same initial mapper/LoRA on every rank
-    random.seed(t.seed)
-    np.random.seed(t.seed)
-    model = ReportGenerator(cfg.model)
-    enc = model.encoder
-    ds_args = dict(image_size=cfg.model.encoder.image_size, mean=enc.mean, std=enc.std)
-    train_ds = ReportDataset(manifest, "train", max_samples=cfg.data.max_train_samples, **ds_args)
-    val_ds = ReportDataset(manifest, "validate", max_samples=cfg.data.max_eval_samples, **ds_args)
+    t = cfg.train
+    train_ds, val_ds = dataset_for(cfg, "train", manifest), dataset_for(cfg, "validate", manifest)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"{manifest_file}: need studies in both the train and validate splits "
                          f"(found {len(train_ds)} and {len(val_ds)})")
-    if model.aux_head is not None:  # a resumed run overwrites this with its checkpoint
-        model.aux_head.init_prior(finding_targets(train_ds.labels))
-    train_batcher = Batcher(train_ds, model, cfg.data.num_workers)
+    shown, order = pair_images(train_ds, cfg.data.image_pairing, t.seed)
+    train_batcher = Batcher(shown, model, cfg.data.num_workers)
     val_batcher = Batcher(val_ds, model, cfg.data.num_workers)
-    uses_frozen = t.strategy in ("frozen", "two_stage")
-    if t.cache_features and uses_frozen:
-        train_batcher.features = cached_features(model, cfg, train_ds, manifest_file, "train", accelerator)
+    feats = None
+    if (t.cache_features and t.strategy != "finetune") or t.aux_warmup_steps > 0:
+        feats = cached_features(model, cfg, train_ds, manifest_file, "train", accelerator)[order]
+    if t.cache_features and t.strategy != "finetune":
+        train_batcher.features = feats
         val_batcher.features = cached_features(model, cfg, val_ds, manifest_file, "validate", accelerator)
+    return train_batcher, val_batcher, (feats if t.aux_warmup_steps > 0 else None)
 
-    # -- optimizer and schedule ----------------------------------------------------------
-    world, rank = accelerator.num_processes, accelerator.process_index
-    steps_per_epoch = math.ceil(len(epoch_batches(len(train_ds), cfg.data.batch_size, t.seed, 0, rank, world))
-                                / t.grad_accum_steps)
-    total_steps = steps_per_epoch * t.epochs
-    switch_step = steps_per_epoch * (0 if t.strategy == "finetune" else t.stage1_epochs)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t.weight_decay)
-    schedule = GroupSchedule(optimizer, total_steps, t.schedule)
 
-    state = {"epoch": 0, "batch": 0, "global_step": 0, "stage": stage_of(cfg, 0),
-             "encoder_start_step": switch_step, "best": None, "best_epoch": None, "bad_epochs": 0}
-    warmup_record = None
-    if resume and ckpt is not None:
-        state = load_checkpoint(ckpt, model, optimizer, cfg)
-        accelerator.print(f"resuming {run_dir} from {ckpt.name}")
-    else:
-        if t.aux_warmup_steps > 0:
-            feats = train_batcher.features
-            if feats is None:  # finetune runs warm up from the (still frozen) encoder's features
-                feats = cached_features(model, cfg, train_ds, manifest_file, "train", accelerator)
-            tic = time.perf_counter()
-            warm_loss = aux_warmup(model, feats, train_ds.labels, t.aux_warmup_steps, t.lr_mapper,
-                                   cfg.data.batch_size, t.seed)
-            warmup_record = {"kind": "aux_warmup", "steps": t.aux_warmup_steps, "aux_loss": warm_loss,
-                             "seconds": time.perf_counter() - tic}
-            accelerator.print(f"aux warm-up: {t.aux_warmup_steps} steps, finding loss {warm_loss:.3f}, "
-                              f"{warmup_record['seconds']:.1f} s")
-        if state["stage"] == 2:
-            model.set_encoder_trainable(True)
-            optimizer.add_param_group(encoder_group(model, cfg, switch_step))
+def seed_everything(seed: int) -> None:
+    """The same initial mapper/LoRA on every rank and in every rerun."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
 
-    model.to(accelerator.device)
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
-    log_file = run_dir / "metrics.jsonl"
-    if t.log_with:
-        accelerator.init_trackers(cfg.name)
 
-    def log(record: dict[str, Any]) -> None:
-        if main:
-            with open(log_file, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        if t.log_with:
-            accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
-                            step=record.get("step"))
+def from_main(accelerator: Accelerator, value: Any) -> Any:
+    """The main process's `value` (a decision, an error message), on every process."""
+    if accelerator.num_processes == 1:
+        return value
+    box = [value]
+    broadcast_object_list(box)
+    return box[0]
 
-    if warmup_record is not None:
-        log(warmup_record)
-    throughput: dict[int, list[float]] = {1: [], 2: []}
-    stop = False
-    for epoch in range(state["epoch"], t.epochs):
-        stage = stage_of(cfg, epoch)
-        if stage == 2 and not model.encoder_trainable:  # the two-stage switch
-            model.set_encoder_trainable(True)
-            optimizer.optimizer.add_param_group(encoder_group(model, cfg, state["global_step"]))
-            if world > 1:  # DDP must learn about the newly trainable parameters
-                wrapped = accelerator.prepare_model(model)
-            accelerator.print(f"epoch {epoch}: stage 2, encoder unfrozen (lr {t.lr_encoder:g})")
-        state["stage"] = stage
-        use_features = train_batcher.features is not None and stage == 1
-        batches = epoch_batches(len(train_ds), cfg.data.batch_size, t.seed, epoch, rank, world)
-        start = state["batch"] if epoch == state["epoch"] else 0
-        wrapped.train()
-        bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch} (stage {stage})",
-                   disable=not main, dynamic_ncols=True)
-        tic, seen, tokens = time.perf_counter(), 0, 0
-        for i, batch in enumerate(train_batcher.batches(batches[start:], use_features), start=start):
-            inputs = model_inputs(batch, accelerator.device)
-            boundary = (i + 1) % t.grad_accum_steps == 0 or i == len(batches) - 1
-            sync = contextlib.nullcontext() if boundary else accelerator.no_sync(wrapped)
-            with sync:
-                with accelerator.autocast():
-                    out = wrapped(**inputs)
-                accelerator.backward(out.loss / t.grad_accum_steps)
-            seen += len(batch["reports"])
-            tokens += int(inputs["report_attention_mask"].sum())
-            if not boundary:
+
+class Log:
+    """metrics.jsonl (main process) plus an optional accelerate tracker."""
+
+    def __init__(self, run_dir: Path, accelerator: Accelerator, tracker: bool):
+        self.file, self.accelerator, self.tracker = run_dir / "metrics.jsonl", accelerator, tracker
+
+    def trim(self, step: int) -> None:
+        """On resume: drop records of steps after the checkpoint (the resumed run writes them again)."""
+        if not (self.accelerator.is_main_process and self.file.is_file()):
+            return
+        keep = []
+        for line in self.file.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # the last line of a run killed while writing it
                 continue
-            schedule.apply(state["global_step"])
-            if t.max_grad_norm:
-                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], t.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["global_step"] += 1
-            state["batch"] = i + 1
-            state["epoch"] = epoch
-            elapsed = time.perf_counter() - tic
-            rate = seen * world / elapsed
-            bar.update(i + 1 - bar.n)
-            bar.set_postfix(loss=f"{out.loss.item():.3f}", sps=f"{rate:.2f}")
-            if state["global_step"] % t.log_every_steps == 0:
-                rec = {"kind": "step", "epoch": epoch, "stage": stage, "step": state["global_step"],
-                       "loss": out.loss.item(), "lm_loss": out.lm_loss.item(), "samples_per_s": rate,
-                       "tokens_per_s": tokens * world / elapsed,
-                       **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups}}
-                if out.aux_loss is not None:
-                    rec["aux_loss"] = out.aux_loss.item()
-                log(rec)
-            if t.checkpoint_every_steps and state["global_step"] % t.checkpoint_every_steps == 0:
-                accelerator.wait_for_everyone()
-                if main:
-                    save_checkpoint(run_dir, model, optimizer, state)
-        bar.close()
-        if seen:
-            throughput[stage].append(seen * world / (time.perf_counter() - tic))
+        self.file.write_text("".join(line + "\n" for line in keep))
 
-        # -- end of epoch: validation, best model, checkpoint -------------------------------
-        accelerator.wait_for_everyone()
-        decision = [None]
-        if main:
-            metrics = validate(model, val_batcher, cfg, accelerator, use_features=use_features)
-            metrics.update(kind="epoch", epoch=epoch, stage=stage, step=state["global_step"],
-                           train_samples_per_s=throughput[stage][-1] if seen else None)
-            log(metrics)
-            accelerator.print(f"epoch {epoch}: " + ", ".join(
-                f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-            value = metrics[t.best_metric]
-            better = state["best"] is None or (value < state["best"] if t.best_metric.endswith("loss")
-                                               else value > state["best"])
-            if better:
-                state.update(best=value, best_epoch=epoch, bad_epochs=0)
-                model.save_pretrained(run_dir / "best", run_config=cfg)
-            else:
-                state["bad_epochs"] += 1
-            if on_epoch_end is not None:
-                on_epoch_end(epoch, model, metrics)
-            decision = [t.early_stopping_patience is not None and state["bad_epochs"] >= t.early_stopping_patience]
-        if world > 1:
-            broadcast_object_list(decision)
-        state.update(epoch=epoch + 1, batch=0)
-        if main:
-            save_checkpoint(run_dir, model, optimizer, state)
-        if decision[0]:
-            accelerator.print(f"early stopping after epoch {epoch}")
-            stop = True
-            break
+    def __call__(self, record: dict[str, Any]) -> None:
+        if self.accelerator.is_main_process:
+            with open(self.file, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if self.tracker:
+            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
+                                 step=record.get("step"))
 
-    # -- finish ----------------------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    if world > 1:
-        (run_dir / f"weights_digest.rank{rank}.txt").write_text(state_digest(model))
-    if main:
-        model.save_pretrained(run_dir / "final", run_config=cfg)
-        summary = {"run": cfg.name, "strategy": t.strategy, "epochs_run": state["epoch"], "early_stopped": stop,
-                   "best_metric": t.best_metric, "best": state["best"], "best_epoch": state["best_epoch"],
-                   "samples_per_s_stage1": float(np.mean(throughput[1])) if throughput[1] else None,
-                   "samples_per_s_stage2": float(np.mean(throughput[2])) if throughput[2] else None,
-                   "processes": world, "mixed_precision": t.mixed_precision, "config_hash": cfg.hash()}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What every step of the loop works on."""
+
+    cfg: RunConfig
+    accelerator: Accelerator
+    model: ReportGenerator
+    wrapped: torch.nn.Module  # the model as accelerate prepared it (DDP under several processes)
+    optimizer: Any
+    schedule: GroupSchedule
+    log: Log
+    state: dict[str, Any]  # the loop's position and best-so-far, saved in every checkpoint
+    run_dir: Path
+
+
+def start_or_resume(run: Run, ckpt: Path | None, changes: dict[str, Any], warm_feats: torch.Tensor | None,
+                    labels: torch.Tensor, switch_step: int) -> None:
+    """Restore a checkpoint, or start afresh (aux warm-up, the encoder group for finetune)."""
+    cfg, model, t = run.cfg, run.model, run.cfg.train
+    if ckpt is not None:
+        run.state = checkpoint_state(ckpt)
+        if run.state["stage"] == 2:  # the optimizer needs the encoder group before its state loads
+            unfreeze_encoder(model, run.optimizer, cfg, run.state["encoder_start_step"])
+        load_checkpoint(ckpt, model, run.optimizer)
+        run.log.trim(run.state["global_step"])
+        if changes:
+            run.log({"kind": "config_change", "step": run.state["global_step"],
+                     "changes": {k: list(v) for k, v in changes.items()}})
+        run.accelerator.print(f"resuming {run.run_dir} from {ckpt.name}")
+        return
+    if warm_feats is not None:
+        tic = time.perf_counter()
+        loss = aux_warmup(model, warm_feats, labels, t.aux_warmup_steps, t.lr_mapper, cfg.data.batch_size, t.seed)
+        seconds = time.perf_counter() - tic
+        run.log({"kind": "aux_warmup", "steps": t.aux_warmup_steps, "aux_loss": loss, "seconds": seconds})
+        run.accelerator.print(f"aux warm-up: {t.aux_warmup_steps} steps, finding loss {loss:.3f}, {seconds:.1f} s")
+    if run.state["stage"] == 2:
+        unfreeze_encoder(model, run.optimizer, cfg, switch_step)
+
+
+def train_epoch(run: Run, batcher: Batcher, epoch: int, stage: int, use_features: bool) -> float | None:
+    """One epoch of optimizer steps (resuming mid-epoch); returns training samples per second."""
+    cfg, acc, state, t = run.cfg, run.accelerator, run.state, run.cfg.train
+    world = acc.num_processes
+    batches = epoch_batches(len(batcher.dataset), cfg.data.batch_size, t.seed, epoch, acc.process_index, world)
+    start = state["batch"] if epoch == state["epoch"] else 0
+    run.wrapped.train()
+    bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch} (stage {stage})",
+               disable=not acc.is_main_process, dynamic_ncols=True)
+    tic, seen, tokens = time.perf_counter(), 0, 0
+    for i, batch in enumerate(batcher.batches(batches[start:], use_features), start=start):
+        inputs = model_inputs(batch, acc.device)
+        boundary = (i + 1) % t.grad_accum_steps == 0 or i == len(batches) - 1
+        with contextlib.nullcontext() if boundary else acc.no_sync(run.wrapped):
+            with acc.autocast():
+                out = run.wrapped(**inputs)
+            acc.backward(out.loss / t.grad_accum_steps)
+        seen += len(batch["reports"])
+        tokens += int(inputs["report_attention_mask"].sum())
+        if not boundary:
+            continue
+        run.schedule.apply(state["global_step"])
+        if t.max_grad_norm:
+            acc.clip_grad_norm_([p for p in run.model.parameters() if p.requires_grad], t.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        state.update(global_step=state["global_step"] + 1, batch=i + 1, epoch=epoch)
+        rate = seen * world / (time.perf_counter() - tic)
+        bar.update(i + 1 - bar.n)
+        bar.set_postfix(loss=f"{out.loss.item():.3f}", sps=f"{rate:.2f}")
+        if state["global_step"] % t.log_every_steps == 0:
+            rec = {"kind": "step", "epoch": epoch, "stage": stage, "step": state["global_step"],
+                   "loss": out.loss.item(), "lm_loss": out.lm_loss.item(), "samples_per_s": rate,
+                   "tokens_per_s": tokens * world / (time.perf_counter() - tic),
+                   **{f"lr_{g['name']}": g["lr"] for g in run.optimizer.param_groups}}
+            if out.aux_loss is not None:
+                rec["aux_loss"] = out.aux_loss.item()
+            run.log(rec)
+        if t.checkpoint_every_steps and state["global_step"] % t.checkpoint_every_steps == 0:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_checkpoint(run.run_dir, run.model, run.optimizer, state)
+    bar.close()
+    return seen * world / (time.perf_counter() - tic) if seen else None
+
+
+def end_epoch(run: Run, val_batcher: Batcher, epoch: int, stage: int, use_features: bool, rate: float | None,
+              on_epoch_end: Callable[[int, ReportGenerator, dict[str, Any]], None] | None) -> bool:
+    """Validate (main process), keep the best model, checkpoint; True if early stopping says stop."""
+    acc, state, t = run.accelerator, run.state, run.cfg.train
+    acc.wait_for_everyone()
+    stop = False
+    if acc.is_main_process:
+        metrics = validate(run.model, val_batcher, run.cfg, acc, use_features=use_features)
+        metrics.update(kind="epoch", epoch=epoch, stage=stage, step=state["global_step"], train_samples_per_s=rate)
+        run.log(metrics)
+        acc.print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+        value = metrics[t.best_metric]
+        lower_is_better = t.best_metric.endswith("loss")
+        if state["best"] is None or (value < state["best"] if lower_is_better else value > state["best"]):
+            state.update(best=value, best_epoch=epoch, bad_epochs=0)
+            run.model.save_pretrained(run.run_dir / "best", run_config=run.cfg)
+        else:
+            state["bad_epochs"] += 1
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, run.model, metrics)
+        stop = t.early_stopping_patience is not None and state["bad_epochs"] >= t.early_stopping_patience
+    stop = from_main(acc, stop)
+    state.update(epoch=epoch + 1, batch=0)
+    if acc.is_main_process:
+        save_checkpoint(run.run_dir, run.model, run.optimizer, state)
+    return stop
+
+
+def finish(run: Run, stopped: bool, throughput: dict[int, list[float]]) -> None:
+    """Final weights and summary.json; each process's weight digest under several processes."""
+    acc, t, state = run.accelerator, run.cfg.train, run.state
+    acc.wait_for_everyone()
+    if acc.num_processes > 1:  # a test checks that every rank ended with the same weights
+        (run.run_dir / f"weights_digest.rank{acc.process_index}.txt").write_text(state_digest(run.model))
+    if acc.is_main_process:
+        run.model.save_pretrained(run.run_dir / "final", run_config=run.cfg)
+        mean = {s: float(np.mean(v)) if v else None for s, v in throughput.items()}
+        summary = {"run": run.cfg.name, "strategy": t.strategy, "epochs_run": state["epoch"],
+                   "early_stopped": stopped, "best_metric": t.best_metric, "best": state["best"],
+                   "best_epoch": state["best_epoch"], "samples_per_s_stage1": mean[1],
+                   "samples_per_s_stage2": mean[2], "processes": acc.num_processes,
+                   "mixed_precision": t.mixed_precision, "image_pairing": run.cfg.data.image_pairing,
+                   "config_hash": run.cfg.hash()}
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if t.log_with:
-        accelerator.end_training()
-    accelerator.wait_for_everyone()
+        acc.end_training()
+    acc.wait_for_everyone()
+
+
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, allow_config_change: bool = False,
+          on_epoch_end: Callable[[int, ReportGenerator, dict[str, Any]], None] | None = None) -> Path:
+    """Train a ReportGenerator as configured; returns the run directory.
+
+    `resume` continues the run's latest checkpoint (refusing a changed config unless
+    `allow_config_change`); `overwrite` starts an existing run of ours again.
+    `on_epoch_end(epoch, model, metrics)` is called on the main process after each validation.
+    """
+    t, run_dir = cfg.train, Path(cfg.output_dir)
+    if not cfg.data.manifest:
+        raise ConfigError("data.manifest is not set; pass data.manifest=path/to/manifest.csv")
+    accelerator = make_accelerator(cfg)
+    with contextlib.ExitStack() as held:
+        # -- run directory: locked, checked, fresh or resumed ------------------------------------
+        ckpt, changes, refusal = None, {}, None
+        if accelerator.is_main_process:
+            try:
+                lock, ckpt, changes = open_run_dir(cfg, resume, overwrite, allow_config_change)
+                held.callback(lock.__exit__, None, None, None)
+            except (ValueError, FileExistsError) as exc:
+                refusal = exc
+        refusal = from_main(accelerator, refusal)  # every process stops, none waits for the others
+        if refusal is not None:
+            raise refusal
+        if resume and not accelerator.is_main_process:
+            ckpt = latest_checkpoint(run_dir)
+
+        # -- model and data ------------------------------------------------------------------
+        seed_everything(t.seed)
+        model = ReportGenerator(cfg.model)
+        train_batcher, val_batcher, warm_feats = build_data(cfg, model, accelerator)
+        labels = train_batcher.dataset.labels
+        if model.aux_head is not None:  # a resumed run overwrites this with its checkpoint
+            model.aux_head.init_prior(finding_targets(labels))
+
+        # -- optimizer and schedule ------------------------------------------------------------
+        world, rank = accelerator.num_processes, accelerator.process_index
+        n_batches = len(epoch_batches(len(labels), cfg.data.batch_size, t.seed, 0, rank, world))
+        steps_per_epoch = math.ceil(n_batches / t.grad_accum_steps)
+        switch_step = steps_per_epoch * (0 if t.strategy == "finetune" else t.stage1_epochs)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), weight_decay=t.weight_decay)
+        state = {"epoch": 0, "batch": 0, "global_step": 0, "stage": stage_of(cfg, 0),
+                 "encoder_start_step": switch_step, "best": None, "best_epoch": None, "bad_epochs": 0}
+        run = Run(cfg, accelerator, model, model, optimizer,
+                  GroupSchedule(optimizer, steps_per_epoch * t.epochs, t.schedule),
+                  Log(run_dir, accelerator, bool(t.log_with)), state, run_dir)
+        start_or_resume(run, ckpt, changes, warm_feats, labels, switch_step)
+        model.to(accelerator.device)
+        run.wrapped, run.optimizer = accelerator.prepare(model, optimizer)
+        if t.log_with:
+            accelerator.init_trackers(cfg.name)
+
+        # -- the loop: stage 1, the switch, stage 2 ----------------------------------------------
+        throughput: dict[int, list[float]] = {1: [], 2: []}
+        stopped = False
+        for epoch in range(run.state["epoch"], t.epochs):
+            stage = stage_of(cfg, epoch)
+            if stage == 2 and not model.encoder_trainable:  # the paper's two-stage switch
+                run.wrapped = unfreeze_encoder(model, run.optimizer, cfg, run.state["global_step"], accelerator)
+                accelerator.print(f"epoch {epoch}: stage 2, encoder unfrozen (lr {t.lr_encoder:g})")
+            run.state["stage"] = stage
+            use_features = train_batcher.features is not None and stage == 1
+            rate = train_epoch(run, train_batcher, epoch, stage, use_features)
+            if rate is not None:
+                throughput[stage].append(rate)
+            if end_epoch(run, val_batcher, epoch, stage, use_features, rate, on_epoch_end):
+                accelerator.print(f"early stopping after epoch {epoch}")
+                stopped = True
+                break
+        finish(run, stopped, throughput)
     return run_dir
 
 
@@ -580,12 +500,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Train a report generator (frozen / finetune / two_stage).")
     parser.add_argument("--config", required=True, help="run config YAML (see configs/)")
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start an existing run again (deletes only what a run wrote there)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="with --resume: continue although settings that alter training changed")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.epochs=1")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may follow the overrides
     try:
         cfg = load_config(args.config, args.overrides)
-        train(cfg, resume=args.resume, overwrite=args.overwrite)
+        train(cfg, resume=args.resume, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc

@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 
 from rrglib.config import load_config
 from rrglib.model import ReportGenerator
-from rrglib.train import epoch_batches, image_dependence, lr_factor, train
+from rrglib.train import epoch_batches, lr_factor, train
+from rrglib.validation import image_dependence
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -118,6 +119,11 @@ def test_existing_run_needs_resume_or_overwrite(toy, tmp_path):
     train(cfg)
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg)
+    (tmp_path / "r" / "eval-test").mkdir()  # what evaluation writes into a run
+    first_log = (tmp_path / "r" / "metrics.jsonl").read_text()
+    train(cfg, overwrite=True)
+    assert not (tmp_path / "r" / "eval-test").exists()
+    assert (tmp_path / "r" / "metrics.jsonl").read_text().count('"kind": "epoch"') == first_log.count('"kind": "epoch"')
 
 
 def _final_state(run: Path) -> dict[str, torch.Tensor]:
@@ -141,6 +147,7 @@ T.main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(toy, tmp_path):
     # dropout on everywhere, so the resumed run only matches if RNG states are restored too
     args = [f"data.manifest={toy}", "train.val_generation_samples=0", "train.strategy=two_stage",
@@ -157,6 +164,9 @@ def test_killed_run_resumes_to_the_same_weights(toy, tmp_path):
     resumed = subprocess.run([PY, "-m", "rrglib.train", "--config", config, "--resume",
                               f"output_dir={tmp_path / 'a'}", *args], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    records = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["kind"] == "step"]
+    assert steps == list(range(1, steps[-1] + 1))  # steps after the checkpoint are logged once, not twice
     cfg = load_config(config, [*args, f"output_dir={tmp_path / 'b'}"])
     train(cfg)
     a, b = _final_state(tmp_path / "a"), _final_state(tmp_path / "b")
@@ -164,6 +174,7 @@ def test_killed_run_resumes_to_the_same_weights(toy, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run_keeps_ranks_identical(toy, tmp_path):
     out = tmp_path / "ddp"
     # accelerate's --cpu launcher starts a single process (multi-CPU needs mpirun); with no GPU,
@@ -235,3 +246,101 @@ def test_aux_warmup_runs_before_training_and_is_logged(toy, tmp_path):
     records = [json.loads(x) for x in (tmp_path / "warm" / "metrics.jsonl").read_text().splitlines()]
     assert records[0]["kind"] == "aux_warmup" and records[0]["steps"] == 5
     assert sum(r["kind"] == "aux_warmup" for r in records) == 1
+
+
+def test_rerun_after_a_death_before_the_first_checkpoint_starts_a_fresh_log(toy, tmp_path):
+    from rrglib.checkpoint import mark_run_dir
+    cfg = cfg_for(toy, tmp_path / "died", "train.epochs=1", "train.strategy=frozen")
+    mark_run_dir(tmp_path / "died", cfg)  # what the dead run had written: marker, config, a log
+    (tmp_path / "died" / "metrics.jsonl").write_text(json.dumps({"kind": "step", "step": 99, "loss": 7.0}) + "\n")
+    train(cfg)
+    records = [json.loads(x) for x in (tmp_path / "died" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r.get("step") != 99 for r in records) and records[0]["step"] == 1
+
+
+def test_unfreeze_encoder_adds_one_encoder_group_that_warms_up_from_the_switch():
+    from rrglib.train import GroupSchedule, param_groups, unfreeze_encoder
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", ["train.lr_encoder=0.5", "train.encoder_warmup_steps=4"])
+    model = ReportGenerator(cfg.model)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg))
+    assert not model.encoder_trainable
+    assert unfreeze_encoder(model, optimizer, cfg, start_step=10) is model  # one process: nothing to re-wrap
+    assert model.encoder_trainable and [g["name"] for g in optimizer.param_groups] == ["mapper", "lora", "encoder"]
+    schedule = GroupSchedule(optimizer, total_steps=100, schedule="constant")
+    schedule.apply(10)
+    assert optimizer.param_groups[2]["lr"] == pytest.approx(0.5 / 4)  # first step of its own warm-up
+    schedule.apply(13)
+    assert optimizer.param_groups[2]["lr"] == pytest.approx(0.5)
+
+
+def test_derangement_has_no_fixed_point_and_is_fixed_per_seed():
+    from rrglib.features import derangement, image_order
+    for n in (2, 3, 17, 360):
+        perm = derangement(n, seed=7)
+        assert sorted(perm.tolist()) == list(range(n))
+        assert all(perm[i] != i for i in range(n))
+        assert (perm == derangement(n, seed=7)).all()
+    assert (derangement(50, seed=1) != derangement(50, seed=2)).any()
+    assert image_order("own", 4, seed=0) == [0, 1, 2, 3]
+    assert len(set(image_order("constant", 5, seed=0))) == 1
+    with pytest.raises(ValueError, match="two studies"):
+        derangement(1)
+
+
+def test_deranged_pairing_shows_other_images_with_own_reports_and_varied_prompts(toy, tmp_path):
+    from rrglib.data import ReportDataset
+    from rrglib.features import Batcher, pair_images
+    ds = ReportDataset(toy, "train", image_size=64, mean=(0.5,) * 3, std=(0.5,) * 3)
+    shown, order = pair_images(ds, "deranged", seed=3)
+    for i in (0, 5):
+        item = shown[i]
+        assert item["report"] == ds[i]["report"]
+        assert torch.equal(item["labels"].nan_to_num(9), ds[i]["labels"].nan_to_num(9))
+        assert torch.equal(item["image"], ds[order[i]]["image"]) and order[i] != i
+    # the control's prompts carry real image statistics, unlike a constant image's
+    dependence = {}
+    for blind in (False, True):
+        torch.manual_seed(0)
+        model = ReportGenerator(load_config(ROOT / "configs" / "smoke.yaml", [
+            f"model.image_blind={str(blind).lower()}", "model.mapper.prompt_norm=batch"]).model).eval()
+        batch = next(Batcher(shown, model).batches([list(range(16))], use_features=False))
+        with torch.no_grad():
+            dependence[blind] = (image_dependence(model.encode_images(batch["images"])),
+                                 image_dependence(model.visual_prompts(batch["images"])))
+    assert dependence[False][0] > 0.01 and dependence[True][0] < 1e-9
+    assert dependence[False][1] > 1e4 * max(dependence[True][1], 1e-12)
+    cfg = cfg_for(toy, tmp_path / "control", "train.strategy=frozen", "train.epochs=1", "data.image_pairing=deranged",
+                  "train.cache_features=true", f"train.feature_cache_dir={tmp_path / 'features'}")
+    train(cfg)
+    assert json.loads((tmp_path / "control" / "summary.json").read_text())["image_pairing"] == "deranged"
+
+
+def _train_and_generate(toy: Path, out: Path, *extra: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    from rrglib.data import ReportDataset
+    cfg = cfg_for(toy, out, "train.strategy=two_stage", "train.epochs=2", "model.mapper.dropout=0.2",
+                  "model.llm.lora_dropout=0.2", "train.checkpoint_every_steps=3", *extra)
+    train(cfg)
+    model = ReportGenerator.from_pretrained(out / "final").eval()
+    ds = ReportDataset(toy, "test", image_size=64, mean=model.encoder.mean, std=model.encoder.std)
+    images = torch.stack([ds[i]["image"] for i in range(len(ds))])
+    return _final_state(out), model.generate(images=images, max_new_tokens=12)
+
+
+def test_two_runs_with_one_seed_give_identical_weights_and_reports(toy, tmp_path):
+    # dropout everywhere, a checkpoint mid-epoch, and image loading in worker processes for one run
+    weights_a, reports_a = _train_and_generate(toy, tmp_path / "a")
+    weights_b, reports_b = _train_and_generate(toy, tmp_path / "b", "data.num_workers=2")
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert reports_a == reports_b and any(reports_a)
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(toy, tmp_path, monkeypatch):
+    import rrglib.train as T
+    losses = iter([1.0, 0.5, 0.7, 0.6, 0.1])  # best at epoch 1, then two epochs without a better one
+    monkeypatch.setattr(T, "validate", lambda *a, **k: {"val_loss": next(losses)})
+    cfg = cfg_for(toy, tmp_path / "es", "train.strategy=frozen", "train.epochs=5", "train.early_stopping_patience=2")
+    train(cfg)
+    summary = json.loads((tmp_path / "es" / "summary.json").read_text())
+    assert summary["early_stopped"] is True and summary["epochs_run"] == 4
+    assert summary["best"] == 0.5 and summary["best_epoch"] == 1

@@ -54,6 +54,17 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b > 0, a / np.where(b > 0, b, 1), 0.0)
 
 
+def micro_f1(reference: np.ndarray, generated: np.ndarray) -> float:
+    """Micro F1 of two boolean (n, labels) matrices: pooled counts, 0 when nothing is positive."""
+    ref, gen = np.asarray(reference, dtype=bool), np.asarray(generated, dtype=bool)
+    return float(_f1(*(np.asarray(float(x.sum())) for x in (ref & gen, ~ref & gen, ref & ~gen))))
+
+
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    """F1 from counts (the one formula every F1 here uses)."""
+    return _div(2 * tp, 2 * tp + fp + fn)
+
+
 def ce_from_counts(
     tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tag: str = "RB", suffix: str = ""
 ) -> dict[str, np.ndarray]:
@@ -66,11 +77,11 @@ def ce_from_counts(
         T, P, N = t.sum(-1), p.sum(-1), n.sum(-1)
         out[f"P-{tag}-{subset}-micro{suffix}"] = _div(T, T + P)
         out[f"R-{tag}-{subset}-micro{suffix}"] = _div(T, T + N)
-        out[f"F1-{tag}-{subset}-micro{suffix}"] = _div(2 * T, 2 * T + P + N)
+        out[f"F1-{tag}-{subset}-micro{suffix}"] = _f1(T, P, N)
         # macro: score each observation, then average (sklearn's average="macro")
         out[f"P-{tag}-{subset}-macro{suffix}"] = _div(t, t + p).mean(-1)
         out[f"R-{tag}-{subset}-macro{suffix}"] = _div(t, t + n).mean(-1)
-        out[f"F1-{tag}-{subset}-macro{suffix}"] = _div(2 * t, 2 * t + p + n).mean(-1)
+        out[f"F1-{tag}-{subset}-macro{suffix}"] = _f1(t, p, n).mean(-1)
     return out
 
 

@@ -30,7 +30,7 @@ from .data import ReportCollator, ReportDataset, load_manifest
 from .devices import autocast, place
 from .grounding import derangement
 from .metrics import java_available, results_table, score_reports
-from .model import ReportGenerator, check_decoding
+from .model import ReportGenerator, check_decoding, check_same_model
 
 IMAGE_SOURCES = ("true", "blank", "shuffled")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def load_run(run_dir: str | Path, checkpoint: str = "best",
     the accelerator when present), and the run's config."""
     cfg = run_config(run_dir, checkpoint)
     model = ReportGenerator.from_pretrained(Path(run_dir) / checkpoint)
-    model.check_matches(cfg.model, str(Path(run_dir) / checkpoint / "config.yaml"))
+    check_same_model(model.cfg, cfg.model, str(Path(run_dir) / checkpoint / "config.yaml"))
     return place(model, device).eval(), cfg
 
 

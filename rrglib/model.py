@@ -136,6 +136,22 @@ def split_state(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], sourc
     return parts
 
 
+def check_same_model(trained: ModelConfig, configured: ModelConfig, source: str) -> None:
+    """Raise a clear error if `configured` builds another architecture than a run `trained` with."""
+    keys = {
+        "model.encoder.name": lambda c: c.encoder.name,
+        "model.encoder.image_size": lambda c: c.encoder.image_size,
+        "model.llm.name": lambda c: c.llm.name,
+        "model.mapper.num_prompts": lambda c: c.mapper.num_prompts,
+    }
+    diff = {k: (get(trained), get(configured)) for k, get in keys.items() if get(trained) != get(configured)}
+    if diff:
+        told = "; ".join(f"{k}: trained with {a!r}, config says {b!r}" for k, (a, b) in diff.items())
+        fix = ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
+        raise ValueError(f"{source} does not describe the saved model ({told}). Use the run's own "
+                         f"config, or set {fix}; to change the model, train a new run.")
+
+
 class ReportGenerator(nn.Module):
     """Encoder + mapper + LoRA LLM (+ this project's optional auxiliary finding head)."""
 
@@ -333,22 +349,6 @@ class ReportGenerator(nn.Module):
         return Generation(texts, token_ids, logprobs, out.attentions if output_attentions else None)
 
     # -- persistence ---------------------------------------------------------------------
-    def check_matches(self, saved: ModelConfig, source: str) -> None:
-        """Raise a clear error if `saved` (a run's model config) builds a different architecture."""
-        ours, theirs = self.cfg, saved
-        pairs = {
-            "model.encoder.name": (theirs.encoder.name, ours.encoder.name),
-            "model.encoder.image_size": (theirs.encoder.image_size, ours.encoder.image_size),
-            "model.llm.name": (theirs.llm.name, ours.llm.name),
-            "model.mapper.num_prompts": (theirs.mapper.num_prompts, ours.mapper.num_prompts),
-        }
-        diff = {k: v for k, v in pairs.items() if v[0] != v[1]}
-        if diff:
-            told = "; ".join(f"{k}: trained with {a!r}, config says {b!r}" for k, (a, b) in diff.items())
-            fix = ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
-            raise ValueError(f"{source} was trained with a different model ({told}). Use the run's own "
-                             f"config.yaml, or set {fix}; to change the model, train a new run.")
-
     def save_pretrained(self, path: str | Path, run_config: RunConfig | None = None) -> None:
         """Write model_config.yaml, mapper(+head).safetensors, encoder.safetensors if trained, adapter/."""
         path = Path(path)

@@ -35,9 +35,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .assets import cache_dir
 from .config import RunConfig, load_config
 from .data import ReportCollator, ReportDataset, load_manifest
-from .llm import cache_dir
 from .model import ReportGenerator, finding_targets
 
 # ---------------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
 def trainable_state(model: ReportGenerator) -> dict[str, torch.Tensor]:
     """Everything a run changes: mapper, aux head, LoRA and (once trained) the encoder."""
     keep = ("mapper.", "aux_head.")
-    if model.encoder_trained or not model.cfg.encoder.pretrained:
+    if model.stores_encoder:
         keep = keep + ("encoder.",)
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
             if k.startswith(keep) or "lora_" in k}
@@ -352,7 +352,7 @@ def generation_f1(model: ReportGenerator, batcher: Batcher, cfg: RunConfig, acce
         inputs = model_inputs(batch, accelerator.device)
         with accelerator.autocast():
             hyps += model.generate(images=inputs.get("images"), features=inputs.get("features"),
-                                   max_new_tokens=cfg.generation.max_new_tokens)
+                                   max_new_tokens=cfg.generation.max_new_tokens).texts
         refs += batch["reports"]
     scores, _ = clinical_efficacy(label_reports(refs), label_reports(hyps))
     return scores["F1-RB-14-micro"]  # the same metric the evaluation reports

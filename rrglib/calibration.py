@@ -272,7 +272,7 @@ def finding_confidence(
     the precision of the stated findings. No Finding has no mention and is left out.
 
     Tokens are located by re-tokenising the text with offsets (as is, or with the leading space
-    `generate` stripped), or exactly from `token_ids` (the generated ids). `logprobs` are `ReportGenerator.generate(return_scores=True)`'s, one per token
+    `generate` stripped), or exactly from `token_ids` (the generated ids). `logprobs` are `ReportGenerator.generate(...).logprobs`, one per token
     plus possibly a final eos. A report whose token count does not match gets NaN confidence.
     Returns rows (sample, observation, value, confidence, n_tokens, correct).
     """

@@ -445,7 +445,7 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
 POST_SCOPE_WORDS = 8  # how far back a post-trigger reaches ("effusion on the right has resolved")
 
 _DEID = re.compile(r"\b[xX]{2,}\b|_{2,}")
-# public: rrglib.calibration locates findings inside sentences with the same rules
+# public: rrglib.analysis locates findings inside sentences with the same rules
 SENTENCE_BOUNDARY = re.compile(r"(?<!\bvs)(?<!\d)\.(?!\d)|[;!\n]|\s\d+\.\s|\s\d+\)\s")
 _WORD = re.compile(r"[a-z0-9]")
 

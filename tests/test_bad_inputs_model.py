@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import warnings
 import zipfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -137,3 +139,18 @@ def test_a_java_that_fails_gives_one_clear_message(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="Java 17") as err:
         evaluate.check_java()
     assert "exit code 1" in str(err.value) and "RRG_NO_JAVA=1" in str(err.value)
+
+
+def test_python_nlg_chosen_with_java_present_does_not_ask_to_install_java(tmp_path, monkeypatch):
+    # 60_grounding scores without Java on purpose; it printed "Install Java 17" although Java was there
+    java = tmp_path / "java"
+    java.write_text("#!/bin/sh\nexit 0\n")
+    java.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("RRG_NO_JAVA", raising=False)
+    gens = pd.DataFrame({"id": ["a", "b"], "reference": ["No effusion.", "Cardiomegaly."],
+                         "generated": ["No effusion.", "Heart is normal."]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = evaluate.score_generations(gens, n_boot=0, nlg_backend="python")
+    assert res["n"] == 2

@@ -154,3 +154,13 @@ def test_python_nlg_chosen_with_java_present_does_not_ask_to_install_java(tmp_pa
         warnings.simplefilter("error", RuntimeWarning)
         res = evaluate.score_generations(gens, n_boot=0, nlg_backend="python")
     assert res["n"] == 2
+
+
+def test_generate_cli_refuses_zero_beams(tmp_path, capsys):
+    from rrglib import generate
+
+    image = tmp_path / "x.png"
+    image.write_bytes(b"")
+    with pytest.raises(SystemExit) as exit_:
+        generate.main([str(image), "--run", "nowhere", "--num-beams", "0"])
+    assert exit_.value.code == 2 and "--num-beams: must be at least 1" in capsys.readouterr().err

@@ -131,3 +131,16 @@ def test_finding_confidence_with_real_tokenizer_and_generated_ids():
     for kwargs in ({}, {"token_ids": [ids]}):
         df = C.finding_confidence([text], [lps], tok, ["Effusion."], **kwargs)
         assert df.loc[0, "confidence"] == pytest.approx(0.5) and df.loc[0, "n_tokens"] >= 2
+
+
+def test_token_calibration_over_a_dataset_covers_every_report_token(tmp_path):
+    from _toydata import make_toy_manifest
+
+    from rrglib.data import ReportDataset, load_manifest
+
+    model = smoke_model("eager")
+    ds = ReportDataset(load_manifest(make_toy_manifest(tmp_path, 4, 2, 5)), "test", 64,
+                       model.encoder.mean, model.encoder.std)
+    res = C.token_calibration(model, C.report_batches(model, ds, batch_size=2))
+    expected = int(model.tokenize_reports(list(ds.df["report"]))["attention_mask"].sum())
+    assert len(res.correct) == expected and set(res.sample) == set(range(5))

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from rrglib.devices import autocast
 from rrglib.model import require_attentions
 
 if TYPE_CHECKING:
@@ -112,10 +113,12 @@ def prompt_attention(
     features: torch.Tensor | None = None,
     max_new_tokens: int = 60,
     batch_size: int = 8,
+    mixed_precision: str = "no",
 ) -> pd.DataFrame:
     """Greedy generation with attention maps -> tidy `attention_frame` over all samples.
 
-    Needs `model.llm.attn_implementation: eager`. Steps after a sample's eos are dropped.
+    Needs `model.llm.attn_implementation: eager`. Steps after a sample's eos are dropped. Runs
+    on the model's device under `mixed_precision` (the run's `train.mixed_precision`).
     """
     source = images if features is None else features
     if source is None:
@@ -128,7 +131,8 @@ def prompt_attention(
         for start in range(0, len(source), batch_size):
             chunk = source[start : start + batch_size].to(device)
             inputs = {"features": chunk} if features is not None else {"images": chunk}
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, output_attentions=True)
+            with autocast(mixed_precision, device):
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, output_attentions=True)
             share, norm = generation_prompt_share(out.attentions, model.cfg.mapper.num_prompts)
             # step s chose token s; a sample's ids stop at its eos, later steps are padding
             lengths = np.array([len(ids) for ids in out.token_ids])

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from rrglib.attention import ArrayLike, as_numpy
 from rrglib.data import ReportCollator, ReportDataset
+from rrglib.devices import autocast
 from rrglib.labeler import (
     MENTION_PATTERNS,
     SENTENCE_BOUNDARY,
@@ -138,6 +139,7 @@ def token_calibration(
     batches: Iterable[Mapping[str, Any]],
     temperature: float = 1.0,
     max_logit_tokens: int = 2048,
+    mixed_precision: str = "no",
 ) -> TokenCalibration:
     """Confidence and correctness of every reference token under teacher forcing.
 
@@ -157,7 +159,8 @@ def token_calibration(
             ids = batch["report_input_ids"].to(device)
             mask = batch["report_attention_mask"].to(device)
             inputs = {k: batch[k].to(device) for k in ("images", "features") if batch.get(k) is not None}
-            out = model(ids, mask, return_logits=True, **inputs)
+            with autocast(mixed_precision, device):
+                out = model(ids, mask, return_logits=True, **inputs)
             # position t predicts token t + 1: the report's tokens are predicted from p - 1 on
             logits = out.logits[:, p - 1 : p - 1 + ids.shape[1]].float()
             valid = mask.bool()

@@ -81,6 +81,10 @@ def decoding_with(base: GenerationConfig, num_beams: int | None = None,
     return decoding
 
 
+class JavaError(RuntimeError):
+    """A `java` on PATH that does not run."""
+
+
 def check_java() -> None:
     """Raise a one-line error when a `java` on PATH does not run (the metrics would fail obscurely)."""
     if not java_available():
@@ -91,7 +95,7 @@ def check_java() -> None:
     except (OSError, subprocess.TimeoutExpired) as exc:
         ok, detail = False, str(exc)
     if not ok:
-        raise RuntimeError(f"`java -version` failed ({detail}). METEOR and the PTB tokenizer need a "
+        raise JavaError(f"`java -version` failed ({detail}). METEOR and the PTB tokenizer need a "
                            "working Java 17: install OpenJDK 17, or set RRG_NO_JAVA=1 to score without "
                            "Java (approximate BLEU/ROUGE-L/CIDEr, no METEOR).")
 
@@ -231,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
                                  args.max_new_tokens)
         res = evaluate_run(args.run, args.split, args.checkpoint, args.images, args.out, args.max_samples,
                            decoding, args.n_boot)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (FileNotFoundError, ValueError, JavaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
     keys = ["BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "F1-RB-14-micro", "F1-RB-5-micro"]

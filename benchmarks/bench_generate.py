@@ -16,24 +16,27 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import device, machine, peak_memory_mb, sync, table  # noqa: E402
+from common import machine, peak_memory_mb, sync, table  # noqa: E402
 
 from rrglib.config import load_config  # noqa: E402
+from rrglib.devices import autocast, default_device, place  # noqa: E402
 from rrglib.model import ReportGenerator  # noqa: E402
 
 
-def measure(model: ReportGenerator, batch: int, beams: int, new_tokens: int, reports: int) -> float:
-    feats = None
+def measure(model: ReportGenerator, batch: int, beams: int, new_tokens: int, reports: int,
+            precision: str = "no") -> float:
+    device = default_device()
     size = model.cfg.encoder.image_size
     with torch.no_grad():
-        feats = model.encode_images(torch.randn(batch, 3, size, size, device=device()))
-    model.generate(features=feats[:1], max_new_tokens=4)  # warm-up
-    sync()
-    done, tic = 0, time.perf_counter()
-    while done < reports:
-        model.generate(features=feats, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams)
-        done += batch
-    sync()
+        feats = model.encode_images(torch.randn(batch, 3, size, size, device=device))
+    with autocast(precision, device):
+        model.generate(features=feats[:1], max_new_tokens=4)  # warm-up
+        sync()
+        done, tic = 0, time.perf_counter()
+        while done < reports:
+            model.generate(features=feats, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams)
+            done += batch
+        sync()
     return done / (time.perf_counter() - tic)
 
 
@@ -46,12 +49,13 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = ReportGenerator(load_config(args.config).model).to(device()).eval()
+    cfg = load_config(args.config)
+    model = place(ReportGenerator(cfg.model)).eval()
     print(f"machine: {machine()}\nconfig: {args.config}, {args.new_tokens} new tokens per report")
     rows = []
     for batch, beams in ((1, 1), (16, 1), (1, 3), (16, 3)):
         n = max(args.reports if batch > 1 else max(2, args.reports // 8), batch)
-        rate = measure(model, batch, beams, args.new_tokens, n)
+        rate = measure(model, batch, beams, args.new_tokens, n, cfg.train.mixed_precision)
         rows.append({"batch": batch, "decoding": "greedy" if beams == 1 else f"beam {beams}",
                      "reports/s": rate, "tokens/s": rate * args.new_tokens})
     base = rows[0]["reports/s"]

@@ -1,12 +1,15 @@
-"""GPU path check (one script, a few minutes on one GPU): the paper's GPT2-S profile at real shapes.
+"""GPU path check (one script, a few minutes on one GPU): the paper's models at real shapes.
 
-    python benchmarks/gpu_check.py [--steps 20]
+    python benchmarks/gpu_check.py [--config configs/paper_gpt2s.yaml] [--steps 20]
 
-Randomly initialised GPT-2 small / large of the real architectures (no download needed) behind a
-random ResNet50 and the mapper, bf16 autocast, fused AdamW, SDPA attention, optionally
-torch.compile. Prints samples/s and MFU against the measured bf16 matmul peak, the measured peak
-memory of GPT2-S and GPT2-L training steps, and a computed estimate for OpenLLaMA-7B with LoRA
-and gradient checkpointing. On a CPU-only machine it prints the 7B estimate and stops.
+Builds the real `ReportGenerator` of each config (encoder -> mapper -> LLM + LoRA, with the
+prompt text and every option of the config), with random weights so no download is needed
+(`gpt2` -> `random-gpt2`, `gpt2-large` -> `random-gpt2-large`; `--pretrained` keeps the
+config's weights). Times a stage-2 training step (forward + backward + AdamW, encoder trainable)
+and greedy generation under the run's precision (`rrglib.devices.autocast`), and prints
+samples/s, MFU against the measured matmul peak and peak memory, plus a computed estimate for
+OpenLLaMA-7B with LoRA and gradient checkpointing. Without a GPU it says so and exits 0
+(`--allow-cpu` runs it anyway, e.g. on configs/smoke.yaml to check the script).
 """
 
 from __future__ import annotations
@@ -17,17 +20,15 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import llm_train_flops_per_token, machine, matmul_peak, table  # noqa: E402
+from common import llm_train_flops_per_token, machine, matmul_peak, sync, table  # noqa: E402
 
-from rrglib.config import EncoderConfig, LLMConfig, MapperConfig  # noqa: E402
-from rrglib.encoder import build_encoder  # noqa: E402
-from rrglib.llm import add_lora  # noqa: E402
-from rrglib.mapper import Mapper  # noqa: E402
+from rrglib.config import RunConfig, load_config  # noqa: E402
+from rrglib.devices import autocast, default_device  # noqa: E402
+from rrglib.model import ReportGenerator  # noqa: E402
 
-GPT2 = {"gpt2": dict(n_embd=768, n_layer=12, n_head=12), "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20)}
+RANDOM_TWINS = {"gpt2": "random-gpt2", "gpt2-large": "random-gpt2-large"}
 LLAMA7B = dict(params=6.74e9, hidden=4096, layers=32, vocab=32000)
 
 
@@ -45,71 +46,96 @@ def estimate_7b_gb(batch: int, seq: int, lora_params: float = 4.2e6, mapper_para
             "one layer": one_layer, "logits": logits, "total": total}
 
 
-def step_stats(llm_name: str, batch: int, seq: int, steps: int, compile_model: bool) -> dict:
-    dev = torch.device("cuda")
-    torch.cuda.reset_peak_memory_stats()
-    llm = GPT2LMHeadModel(GPT2Config(**GPT2[llm_name], vocab_size=50257, n_positions=1024)).to(dev)
-    llm.config._attn_implementation = "sdpa"
-    llm = add_lora(llm, LLMConfig(name=llm_name))
-    encoder = build_encoder(EncoderConfig(name="resnet50", pretrained=False)).to(dev)
-    mapper = Mapper(encoder.out_channels, llm.config.hidden_size, MapperConfig()).to(dev)
-    params = [p for m in (llm, encoder, mapper) for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
-    images = torch.randn(batch, 3, 224, 224, device=dev)
-    ids = torch.randint(0, 50257, (batch, seq), device=dev)
+def build(cfg: RunConfig, pretrained: bool, device: torch.device) -> ReportGenerator:
+    """The config's ReportGenerator on `device`, with random weights unless `pretrained`."""
+    if not pretrained:
+        cfg.model.encoder.pretrained = False
+        cfg.model.llm.name = RANDOM_TWINS.get(cfg.model.llm.name, cfg.model.llm.name)
+    model = ReportGenerator(cfg.model).to(device)
+    model.set_encoder_trainable(True)  # stage 2: the most expensive step of the method
+    return model.train()
+
+
+def timed(fn, repeats: int) -> float:
+    """Seconds per call of `fn` after two warm-up calls."""
+    for _ in range(2):
+        fn()
+    sync()
+    tic = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - tic) / repeats
+
+
+def measure(cfg: RunConfig, batch: int, steps: int, new_tokens: int, pretrained: bool) -> dict:
+    """Training step and generation speed of one config at one batch size."""
+    device = default_device()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = build(cfg, pretrained, device)
+    size, seq = cfg.model.encoder.image_size, cfg.model.llm.max_report_tokens
+    images = torch.randn(batch, 3, size, size, device=device)
+    ids = torch.randint(0, min(len(model.tokenizer), 512), (batch, seq), device=device)
+    mask = torch.ones_like(ids)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda")
+    precision = cfg.train.mixed_precision
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            prompts = mapper(encoder(images))
-            embeds = torch.cat([prompts, llm.get_input_embeddings()(ids)], 1)
-            logits = llm(inputs_embeds=embeds).logits
-            loss = torch.nn.functional.cross_entropy(logits[:, prompts.shape[1]:-1].float().flatten(0, 1),
-                                                     ids[:, 1:].flatten())
+        with autocast(precision, device):
+            loss = model(ids, mask, images=images).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    if compile_model:
-        llm = torch.compile(llm)
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    tic = time.perf_counter()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    sec = (time.perf_counter() - tic) / steps
-    n = sum(p.numel() for p in llm.parameters())
-    tokens = batch * (seq + 32)
-    return {"llm": llm_name, "batch": batch, "samples/s": batch / sec,
-            "flop/s": llm_train_flops_per_token(n) * tokens / sec,
-            "peak GiB": torch.cuda.max_memory_allocated() / 2**30}
+    def generate() -> None:
+        with autocast(precision, device):
+            model.generate(images=images, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+
+    train_s = timed(step, steps)
+    model.eval()
+    gen_s = timed(generate, max(1, steps // 5))
+    n_llm = sum(p.numel() for p in model.llm.parameters())
+    tokens = batch * (seq + model.num_prefix_tokens)
+    return {"llm": cfg.model.llm.name, "batch": batch, "precision": precision,
+            "train samples/s": batch / train_s, "flop/s": llm_train_flops_per_token(n_llm) * tokens / train_s,
+            "gen reports/s": batch / gen_s,
+            "peak GiB": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", action="append", default=None,
+                        help="run config(s); default configs/paper_gpt2s.yaml and paper_gpt2l.yaml")
+    parser.add_argument("--batch", type=int, action="append", default=None, help="default 16 and 64")
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--compile", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--pretrained", action="store_true", help="the config's own weights (needs them)")
+    parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (to check the script)")
+    args = parser.parse_args(argv)
+    configs = args.config or ["configs/paper_gpt2s.yaml", "configs/paper_gpt2l.yaml"]
     print(f"machine: {machine()}")
-    est = estimate_7b_gb(batch=4, seq=args.seq + 32)
+    est = estimate_7b_gb(batch=4, seq=128 + 32)
     print("OpenLLaMA-7B + LoRA, gradient checkpointing, batch 4, computed GiB: "
           + ", ".join(f"{k} {v:.1f}" for k, v in est.items()))
-    if not torch.cuda.is_available():
-        print("no GPU here: the measured part needs one")
+    if default_device().type != "cuda" and not args.allow_cpu:
+        print("no GPU here: gpu_check measures the paper's models on a GPU; nothing measured "
+              "(--allow-cpu runs it anyway)")
         return
-    peak = matmul_peak(torch.bfloat16)
+    peak = matmul_peak(torch.bfloat16 if default_device().type == "cuda" else torch.float32)
     rows = []
-    for name, batch in (("gpt2", 16), ("gpt2", 64), ("gpt2-large", 16)):
-        r = step_stats(name, batch, args.seq, args.steps, args.compile)
-        r["MFU (bf16)"] = f"{r.pop('flop/s') / peak:.1%}"
-        r["samples/s"] = f"{r['samples/s']:.1f}"
-        r["peak GiB"] = f"{r['peak GiB']:.1f}"
-        rows.append(r)
-        torch.cuda.empty_cache()
-    print(f"bf16 matmul peak: {peak / 1e12:.0f} TFLOP/s")
-    print(table(rows, ["llm", "batch", "samples/s", "MFU (bf16)", "peak GiB"]))
+    for path in configs:
+        for batch in args.batch or [16, 64]:
+            r = measure(load_config(path), batch, args.steps, args.new_tokens, args.pretrained)
+            r["MFU"] = f"{r.pop('flop/s') / peak:.1%}"
+            for key in ("train samples/s", "gen reports/s", "peak GiB"):
+                r[key] = f"{r[key]:.1f}"
+            rows.append(r)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    print(f"matmul peak: {peak / 1e12:.1f} TFLOP/s")
+    print(table(rows, ["llm", "batch", "precision", "train samples/s", "MFU", "gen reports/s", "peak GiB"]))
 
 
 if __name__ == "__main__":

@@ -193,7 +193,7 @@ def check_resume(run_dir: Path, cfg: RunConfig, allow_config_change: bool = Fals
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Everything a run changes: mapper, aux head, LoRA and (once trained) the encoder."""
     keep = ("mapper.", "aux_head.")
-    if model.encoder_trained or not model.cfg.encoder.pretrained:
+    if model.stores_encoder:
         keep = keep + ("encoder.",)
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
             if k.startswith(keep) or "lora_" in k}

@@ -58,7 +58,7 @@ class MapperConfig:
 
 @dataclass
 class LLMConfig:
-    # a key of rrglib.llm.LLMS ("tiny-gpt2", "tiny-llama", "smollm2-135m"), a hub id or a local dir
+    # a key of rrglib.assets.LLMS ("tiny-gpt2", "tiny-llama", "smollm2-135m"), a hub id or a local dir
     name: str = "gpt2"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"  # eager: attention maps
     lora_r: int = bounded(8, ge=1)

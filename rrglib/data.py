@@ -475,6 +475,15 @@ class ReportDataset(Dataset):
         }
 
 
+def derangement(n: int, seed: int = 0) -> np.ndarray:
+    """A seeded permutation with no fixed point (one cycle through all n): every study gets
+    another study's image. Used by the deranged-pairs control and the shuffled-image checks."""
+    if n < 2:
+        raise ValueError("a deranged pairing needs at least two studies")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.roll(perm, 1)[np.argsort(perm)]  # perm[i] -> perm[i-1]: never i itself
+
+
 def dataset_for(
     cfg: RunConfig,
     split: str,

@@ -14,23 +14,37 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .config import GenerationConfig, RunConfig
-from .data import ReportCollator, ReportDataset, load_manifest
-from .metrics import results_table, score_reports
-from .model import ReportGenerator
+from .data import ReportCollator, ReportDataset, derangement, load_manifest
+from .devices import autocast, place
+from .metrics import java_available, results_table, score_reports
+from .model import ReportGenerator, check_decoding, check_same_model
 
 IMAGE_SOURCES = ("true", "blank", "shuffled")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_path(path: str | Path, what: str = "file") -> Path:
+    """A path from a saved config: absolute as is; relative to the working directory, else to the
+    repository root (where training runs from). Raises FileNotFoundError naming every path tried."""
+    path = Path(path).expanduser()
+    tried = [path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]
+    for candidate in tried:
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"{what} {str(path)!r} not found; tried {', '.join(str(t) for t in tried)}. "
+                            "Run from the checkout that trained the run, or fix the path in its config.yaml.")
 
 
 def run_config(run_dir: str | Path, checkpoint: str = "best") -> RunConfig:
@@ -42,10 +56,47 @@ def run_config(run_dir: str | Path, checkpoint: str = "best") -> RunConfig:
     return RunConfig.from_yaml(path / "config.yaml")
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best") -> tuple[ReportGenerator, RunConfig]:
-    """The saved model (`best` or `final`) of a training run and the run's config."""
+def load_run(run_dir: str | Path, checkpoint: str = "best",
+             device: torch.device | str | None = None) -> tuple[ReportGenerator, RunConfig]:
+    """The saved model (`best` or `final`) of a training run, in eval mode on `device` (default:
+    the accelerator when present), and the run's config."""
     cfg = run_config(run_dir, checkpoint)
-    return ReportGenerator.from_pretrained(Path(run_dir) / checkpoint).eval(), cfg
+    model = ReportGenerator.from_pretrained(Path(run_dir) / checkpoint)
+    check_same_model(model.cfg, cfg.model, str(Path(run_dir) / checkpoint / "config.yaml"))
+    return place(model, device).eval(), cfg
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device the model's parameters are on."""
+    return next(model.parameters()).device
+
+
+def decoding_with(base: GenerationConfig, num_beams: int | None = None,
+                  max_new_tokens: int | None = None) -> GenerationConfig:
+    """`base` with the given command-line overrides applied (a copy), checked."""
+    changes = {k: v for k, v in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens)) if v is not None}
+    decoding = dataclasses.replace(base, **changes)
+    check_decoding(decoding.num_beams, decoding.max_new_tokens, decoding.do_sample, decoding.temperature)
+    return decoding
+
+
+class JavaError(RuntimeError):
+    """A `java` on PATH that does not run."""
+
+
+def check_java() -> None:
+    """Raise a one-line error when a `java` on PATH does not run (the metrics would fail obscurely)."""
+    if not java_available():
+        return  # no Java at all: the metrics fall back to Python and say so
+    try:
+        proc = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=60)
+        ok, detail = proc.returncode == 0, f"exit code {proc.returncode}: {proc.stderr.strip()[-200:]}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        ok, detail = False, str(exc)
+    if not ok:
+        raise JavaError(f"`java -version` failed ({detail}). METEOR and the PTB tokenizer need a "
+                           "working Java 17: install OpenJDK 17, or set RRG_NO_JAVA=1 to score without "
+                           "Java (approximate BLEU/ROUGE-L/CIDEr, no METEOR).")
 
 
 def blank_like(images: torch.Tensor, mean, std, level: float = 0.5) -> torch.Tensor:
@@ -55,38 +106,24 @@ def blank_like(images: torch.Tensor, mean, std, level: float = 0.5) -> torch.Ten
     return ((torch.full_like(images, level) - m) / s).contiguous()
 
 
-def derangement(n: int, seed: int = 0) -> np.ndarray:
-    """A permutation with no fixed point: every study gets another patient's image."""
-    if n < 2:
-        raise ValueError("a shuffled-image control needs at least two studies")
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.roll(perm, 1)[np.argsort(perm)]
-
-
-def autocast_for(cfg: RunConfig):
-    """bf16 autocast where the run trained in bf16 (on CPU or GPU), else a no-op."""
-    if cfg.train.mixed_precision == "bf16":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        return torch.autocast(device, dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 @torch.no_grad()
 def generate_reports(model: ReportGenerator, dataset: ReportDataset, decoding: GenerationConfig,
-                     batch_size: int = 16, images: str = "true", autocast=None, seed: int = 0,
+                     batch_size: int = 16, images: str = "true", mixed_precision: str = "no", seed: int = 0,
                      show: bool = True) -> pd.DataFrame:
-    """Generate a report for every study of the dataset: id, reference, generated, logprobs."""
+    """Generate a report for every study of the dataset: id, reference, generated, logprobs, token_ids.
+
+    Runs on the model's device under the run's precision (`cfg.train.mixed_precision`).
+    """
     if images not in IMAGE_SOURCES:
         raise ValueError(f"images must be one of {IMAGE_SOURCES}, got {images!r}")
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     source = dataset
     if images == "shuffled":
         source = Subset(dataset, derangement(len(dataset), seed).tolist())
     loader = DataLoader(source, batch_size=batch_size, shuffle=False, collate_fn=ReportCollator(None),
                         generator=torch.Generator())
     rows: list[dict[str, Any]] = []
-    ctx = autocast if autocast is not None else torch.autocast("cpu", enabled=False)
     start = 0
     for batch in tqdm(loader, desc=f"generating ({images} images)", disable=not show):
         pixels = batch["images"].to(device)
@@ -96,10 +133,9 @@ def generate_reports(model: ReportGenerator, dataset: ReportDataset, decoding: G
         own = dataset.df.iloc[start:start + len(pixels)]
         ids, refs = [str(i) for i in own["id"]], [str(r) for r in own["report"]]
         start += len(pixels)
-        with ctx:
-            texts, logprobs, token_ids = model.generate(images=pixels, return_scores=True,
-                                                        return_token_ids=True, **dataclasses.asdict(decoding))
-        for i, r, g, lp, t in zip(ids, refs, texts, logprobs, token_ids, strict=True):
+        with autocast(mixed_precision, device):
+            out = model.generate(images=pixels, **dataclasses.asdict(decoding))
+        for i, r, g, lp, t in zip(ids, refs, out.texts, out.logprobs, out.token_ids, strict=True):
             rows.append({"id": i, "reference": r, "generated": g,
                          "logprobs": json.dumps([round(v, 5) for v in lp]), "token_ids": json.dumps(t)})
     return pd.DataFrame(rows)
@@ -137,22 +173,30 @@ def write_results(out_dir: Path, gens: pd.DataFrame, result: dict[str, Any], inf
 def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "best", images: str = "true",
                  out_dir: str | Path | None = None, max_samples: int | None = None,
                  decoding: GenerationConfig | None = None, n_boot: int = 1000,
-                 num_threads: int | None = None, show: bool = True) -> dict[str, Any]:
-    """Generate for a split and score it; returns the metrics payload (also written to disk)."""
+                 num_threads: int | None = None, show: bool = True,
+                 device: torch.device | str | None = None) -> dict[str, Any]:
+    """Generate for a split and score it; returns the metrics payload (also written to disk).
+
+    `max_samples` (>= 1) caps the studies scored; None uses the run's `data.max_eval_samples`.
+    """
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be at least 1 (or None for the run's setting), got {max_samples}")
+    check_java()  # before minutes of generation, not after
     if num_threads:
         torch.set_num_threads(num_threads)
     run_dir = Path(run_dir)
-    model, cfg = load_run(run_dir, checkpoint)
+    model, cfg = load_run(run_dir, checkpoint, device)
     decoding = decoding or cfg.generation
-    manifest = load_manifest(cfg.data.manifest)
+    manifest_path = resolve_path(cfg.data.manifest, f"manifest (data.manifest of {run_dir / checkpoint / 'config.yaml'})")
+    manifest = load_manifest(manifest_path)
     enc = model.encoder
     dataset = ReportDataset(manifest, split, cfg.model.encoder.image_size, enc.mean, enc.std,
-                            max_samples=max_samples or cfg.data.max_eval_samples)
+                            max_samples=max_samples if max_samples is not None else cfg.data.max_eval_samples)
     if len(dataset) == 0:
-        raise ValueError(f"{cfg.data.manifest} has no studies in split {split!r}")
+        raise ValueError(f"{manifest_path} has no studies in split {split!r}")
     tic = time.perf_counter()
     gens = generate_reports(model, dataset, decoding, cfg.data.eval_batch_size, images,
-                            autocast_for(cfg), seed=cfg.train.seed, show=show)
+                            cfg.train.mixed_precision, seed=cfg.train.seed, show=show)
     gen_seconds = time.perf_counter() - tic
     result = score_generations(gens, n_boot=n_boot, seed=cfg.train.seed)
     suffix = "" if images == "true" else f"-{images}"
@@ -165,6 +209,14 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
             "per_observation": result["per_observation"], "stats": result["stats"], **info}
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Generate reports for a split and score them.")
     parser.add_argument("--run", required=True, help="training run directory (holds best/ and final/)")
@@ -172,23 +224,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default="best", choices=["best", "final"])
     parser.add_argument("--images", default="true", choices=IMAGE_SOURCES)
     parser.add_argument("--out", default=None, help="output folder (default <run>/eval-<split>)")
-    parser.add_argument("--max-samples", type=int, default=None)
-    parser.add_argument("--num-beams", type=int, default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=None)
+    parser.add_argument("--max-samples", type=positive_int, default=None)
+    parser.add_argument("--num-beams", type=positive_int, default=None)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=None)
     parser.add_argument("--n-boot", type=int, default=1000)
     args = parser.parse_args(argv)
     try:
-        cfg = run_config(args.run, args.checkpoint)
-    except FileNotFoundError as exc:
+        decoding = decoding_with(run_config(args.run, args.checkpoint).generation, args.num_beams,
+                                 args.max_new_tokens)
+        res = evaluate_run(args.run, args.split, args.checkpoint, args.images, args.out, args.max_samples,
+                           decoding, args.n_boot)
+    except (FileNotFoundError, ValueError, JavaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    decoding = cfg.generation
-    if args.num_beams is not None:
-        decoding.num_beams = args.num_beams
-    if args.max_new_tokens is not None:
-        decoding.max_new_tokens = args.max_new_tokens
-    res = evaluate_run(args.run, args.split, args.checkpoint, args.images, args.out, args.max_samples,
-                       decoding, args.n_boot)
     keys = ["BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "F1-RB-14-micro", "F1-RB-5-micro"]
     for k in keys:
         lo, hi = res["ci95"].get(k, (float("nan"), float("nan")))

@@ -23,9 +23,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .assets import cache_dir
 from .config import RunConfig
-from .data import ReportCollator, ReportDataset
-from .llm import cache_dir
+from .data import ReportCollator, ReportDataset, derangement
 
 PAIRINGS = ("own", "deranged", "constant")
 
@@ -72,14 +72,6 @@ def cached_features(model: torch.nn.Module, cfg: RunConfig, dataset: ReportDatas
 
 
 # -- image-report pairing (the image-blind control) -------------------------------------------
-
-
-def derangement(n: int, seed: int = 0) -> np.ndarray:
-    """A seeded permutation with no fixed point: one cycle through all n studies."""
-    if n < 2:
-        raise ValueError("a deranged pairing needs at least two studies")
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.roll(perm, 1)[np.argsort(perm)]  # perm[i] -> perm[i-1]: never i itself
 
 
 def image_order(pairing: str, n: int, seed: int) -> list[int]:

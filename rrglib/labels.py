@@ -7,7 +7,6 @@ negative or not mentioned = 0. The "-u0" variant counts uncertain as 0.
 
 from __future__ import annotations
 
-
 CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
     "No Finding",
     "Enlarged Cardiomediastinum",

@@ -43,7 +43,9 @@ class Mapper(nn.Module):
         if n > self.pos_embed.shape[1]:
             raise ValueError(
                 f"encoder produced {n} tokens but the mapper's positional embedding covers "
-                f"{self.pos_embed.shape[1]}; raise model.mapper.max_tokens or lower the image size"
+                f"{self.pos_embed.shape[1]} (model.mapper.max_tokens): feed images at the "
+                "model.encoder.image_size the mapper was built for; for a new run, a larger image "
+                f"size needs model.mapper.max_tokens >= {n}"
             )
         memory = self.input_norm(self.input_proj(tokens)) + self.pos_embed[:, :n]
         queries = self.queries.expand(b, -1, -1)

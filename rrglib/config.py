@@ -138,6 +138,7 @@ class GenerationConfig:
     max_new_tokens: int = bounded(100, ge=1)
     num_beams: int = bounded(1, ge=1)
     do_sample: bool = False
+    temperature: float = bounded(1.0, gt=0.0)  # used only when do_sample
     repetition_penalty: float = bounded(1.0, gt=0.0)
     no_repeat_ngram_size: int = bounded(0, ge=0)
 
@@ -250,7 +251,7 @@ def config_from_dict(cls: type, data: dict[str, Any], source: str, prefix: str =
 # Removed keys that never had an effect: configs saved before their removal still load as long
 # as they hold the old default; any other value is an unknown key.
 _ABSENT = object()
-RETIRED: dict[str, Any] = {"train.eval_every_epoch": True, "generation.temperature": 1.0}
+RETIRED: dict[str, Any] = {"train.eval_every_epoch": True}
 
 _build = config_from_dict  # the old private name, still imported by rrglib.model
 

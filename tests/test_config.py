@@ -76,7 +76,6 @@ def test_removed_options_load_from_old_saved_configs_but_not_with_new_values(tmp
     cfg = load_config(SMOKE)
     data = cfg.to_dict()
     data["train"]["eval_every_epoch"] = True  # written by every run before the option was removed
-    data["generation"]["temperature"] = 1.0
     assert RunConfig.from_dict(data) == cfg
     data["train"]["eval_every_epoch"] = False
     with pytest.raises(ConfigError, match="eval_every_epoch"):

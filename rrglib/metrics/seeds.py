@@ -45,7 +45,8 @@ def seed_scores(runs: Sequence[StudyStats], metric: str) -> np.ndarray:
 def mean_sd(runs: Sequence[StudyStats], metric: str) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1) of the metric across seeds."""
     scores = seed_scores(runs, metric)
-    return float(scores.mean()), float(scores.std(ddof=1)) if len(scores) > 1 else float("nan")
+    sd = float(scores.std(ddof=1)) if len(scores) > 1 else float("nan")
+    return float(scores.mean()), sd
 
 
 def bootstrap_replicates(runs_a: Sequence[StudyStats], metric: str,
@@ -62,7 +63,8 @@ def bootstrap_replicates(runs_a: Sequence[StudyStats], metric: str,
     if runs_b is not None:
         _check_runs(runs_b, metric, "arm B")
         if list(runs_b[0].ids) != list(runs_a[0].ids):
-            raise ValueError("arms A and B were not scored on the same test studies, same order")
+            raise ValueError("arms A and B were not scored on the same test studies in the same "
+                             "order")
     rng = np.random.default_rng(seed)
     weights = bootstrap_weights(runs_a[0].n, n_boot, rng, clusters)
     counts = weights.sum(1)

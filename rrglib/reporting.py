@@ -1,7 +1,5 @@
 """Reading a study's results back: training logs, evaluation files, the summary table, figures,
-the pre-registered claims table and the paper's reported numbers.
-
-The notebooks call these; nothing here trains or generates.
+the pre-registered claims table and the paper's reported numbers. Nothing here trains or generates.
 """
 
 from __future__ import annotations
@@ -18,7 +16,7 @@ import pandas as pd
 import yaml
 
 from .metrics import PRIMARY_METRIC, StudyStats, paired_test
-from .metrics.seeds import compare_arms, holm, mean_sd, summarize_arm
+from .metrics.seeds import compare_arms, holm, summarize_arm
 
 # The primary metric first among the clinical ones; F1-RB-14 and F1-RB-5 are secondary.
 HEADLINE = ["BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", PRIMARY_METRIC, "P-RB-13abn-micro",
@@ -30,10 +28,9 @@ def read_log(run_work_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     path = Path(run_work_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: has the run been trained (20_train)?")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    frame = pd.DataFrame(records)
-    return (frame[frame["kind"] == "step"].dropna(axis=1, how="all").reset_index(drop=True),
-            frame[frame["kind"] == "epoch"].dropna(axis=1, how="all").reset_index(drop=True))
+    frame = pd.DataFrame([json.loads(s) for s in path.read_text().splitlines() if s.strip()])
+    return tuple(frame[frame["kind"] == kind].dropna(axis=1, how="all").reset_index(drop=True)
+                 for kind in ("step", "epoch"))
 
 
 def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, title: str = "") -> plt.Figure:
@@ -42,11 +39,11 @@ def plot_training(steps: pd.DataFrame, epochs: pd.DataFrame, title: str = "") ->
     for stage, part in steps.groupby("stage"):
         axes[0].plot(part["step"], part["loss"], ".-", ms=3, label=f"stage {stage}")
     axes[0].set(xlabel="optimizer step", ylabel="training loss", title="training")
-    axes[0].legend()
     axes[1].plot(epochs["epoch"], epochs["val_loss"], "o-", label="true images")
     axes[1].plot(epochs["epoch"], epochs["val_loss_shuffled"], "s--", label="shuffled images")
     axes[1].set(xlabel="epoch", ylabel="validation LM loss", title="validation")
-    axes[1].legend()
+    for ax in axes:
+        ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     return fig
@@ -58,58 +55,55 @@ def load_eval(eval_dir: str | Path) -> dict[str, Any]:
     if not (eval_dir / "metrics.json").is_file():
         raise FileNotFoundError(f"{eval_dir / 'metrics.json'} not found: run 30_evaluate first")
     payload = json.loads((eval_dir / "metrics.json").read_text())
-    payload["generations"] = pd.read_csv(eval_dir / "generations.csv", keep_default_na=False, dtype={"id": str})
+    payload["generations"] = pd.read_csv(eval_dir / "generations.csv", keep_default_na=False,
+                                         dtype={"id": str})
     payload["eval_dir"] = str(eval_dir)
     return payload
 
 
-def metric_row(payload: dict[str, Any], metrics: list[str] = HEADLINE) -> dict[str, Any]:
-    """One table row: 'value [low, high]' strings keyed by metric, plus raw values."""
-    row: dict[str, Any] = {}
-    for m in metrics:
-        v = payload["metrics"].get(m)
-        lo, hi = payload.get("ci95", {}).get(m, (float("nan"), float("nan")))
-        row[m] = v
-        row[f"{m} CI"] = f"[{lo:.3f}, {hi:.3f}]"
-    return row
-
-
 def systems_table(evals: dict[str, dict[str, Any]], metrics: list[str] = HEADLINE) -> pd.DataFrame:
-    """Systems x metrics with 95% intervals, from {system name: metrics payload}."""
-    rows = {name: metric_row(p, metrics) for name, p in evals.items()}
+    """Systems x metrics, each metric with a "<metric> CI" column: its 95% interval as text."""
+    rows = {}
+    for name, payload in evals.items():
+        row = rows[name] = {}
+        for m in metrics:
+            lo, hi = payload.get("ci95", {}).get(m, (float("nan"), float("nan")))
+            row[m], row[f"{m} CI"] = payload["metrics"].get(m), f"[{lo:.3f}, {hi:.3f}]"
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def stats_of(payload: dict[str, Any]) -> StudyStats:
     """Per-study statistics an evaluation saved (study_stats.csv), for paired tests."""
-    table = pd.read_csv(Path(payload["eval_dir"]) / "study_stats.csv", index_col="id", dtype={"id": str})
+    path = Path(payload["eval_dir"]) / "study_stats.csv"
+    table = pd.read_csv(path, index_col="id", dtype={"id": str})
     return StudyStats(list(table.index), list(table.columns), table.to_numpy(dtype=float),
-                      meteor_scale=payload.get("meteor_scale", 1.0), tag=payload.get("labeler", "RB"))
+                      payload.get("meteor_scale", 1.0), payload.get("labeler", "RB"))
 
 
-def clusters_for(ids: Sequence[Any], manifest: pd.DataFrame, column: str = "source_id") -> np.ndarray:
-    """One cluster id per study (the manifest's `column`, e.g. the IU report a demo case came from)."""
+def clusters_for(ids: Sequence[Any], manifest: pd.DataFrame,
+                 column: str = "source_id") -> np.ndarray:
+    """One cluster id per study: the manifest's `column` (e.g. the IU report of a demo case)."""
     if column not in manifest.columns:
         raise KeyError(f"manifest has no {column!r} column (columns: {list(manifest.columns)}); "
                        "rebuild the data with a builder that records it, or pass clusters=None")
     table = manifest.assign(id=manifest["id"].astype(str)).set_index("id")[column]
-    missing = [i for i in map(str, ids) if i not in table.index]
+    ids = [str(i) for i in ids]
+    missing = [i for i in ids if i not in table.index]
     if missing:
         raise KeyError(f"{len(missing)} study ids are not in the manifest, e.g. {missing[:3]}: "
                        "was the evaluation run on this data?")
-    return table.loc[[str(i) for i in ids]].to_numpy()
+    return table.loc[ids].to_numpy()
 
 
 def paired_table(stats: dict[str, StudyStats], reference: str, metrics: list[str],
                  n_resamples: int = 5000, clusters: Any = None) -> pd.DataFrame:
     """Paired permutation p-values of every system against `reference` on the same studies."""
-    rows = {}
+    ref, rows = stats[reference], {}
     for name, s in stats.items():
-        if name == reference:
-            continue
-        rows[name] = {f"p({m})": paired_test(s, stats[reference], m, n_resamples=n_resamples,
-                                             clusters=clusters) for m in metrics}
-        rows[name].update({f"Δ{m}": s.point()[m] - stats[reference].point()[m] for m in metrics})
+        if name != reference:
+            rows[name] = {f"p({m})": paired_test(s, ref, m, n_resamples, clusters=clusters)
+                          for m in metrics}
+            rows[name].update({f"Δ{m}": s.point()[m] - ref.point()[m] for m in metrics})
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -122,17 +116,15 @@ def side_by_side(gens: dict[str, pd.DataFrame], ids: list[str]) -> pd.DataFrame:
     return table
 
 
-def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A GitHub markdown table (no extra dependency)."""
+def _markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A GitHub markdown table (pandas' to_markdown would need tabulate)."""
     def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "" if pd.isna(v) else format(v, floatfmt)
-        return str(v)
+        return ("" if pd.isna(v) else format(v, floatfmt)) if isinstance(v, float) else str(v)
 
     head = [str(frame.index.name or "")] + [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for idx, row in frame.iterrows():
-        lines.append("| " + " | ".join([str(idx)] + [cell(v) for v in row]) + " |")
+    lines += ["| " + " | ".join([str(i)] + [cell(v) for v in row]) + " |"
+              for i, row in frame.iterrows()]
     return "\n".join(lines)
 
 
@@ -141,16 +133,13 @@ def write_index(study_dir: str | Path, runs: list[str], sections: dict[str, pd.D
     """results/<study>/README.md: links to every rendered notebook and figure, and the tables."""
     study_dir = Path(study_dir)
     lines = [f"# Study `{study_dir.name}`", "", notes, "", "## Rendered notebooks", ""]
-    study_level = sorted(p.name for p in study_dir.glob("*.html"))
-    lines += [f"- [{name[:-5]}]({name})" for name in study_level]
+    lines += [f"- [{p.stem}]({p.name})" for p in sorted(study_dir.glob("*.html"))]
     for run in runs:
-        pages = sorted(p.name for p in (study_dir / run).glob("*.html"))
-        figures = sorted(p.name for p in (study_dir / run).glob("*.png"))
-        links = ", ".join(f"[{p[:-5]}]({run}/{p})" for p in pages)
-        figs = ", ".join(f"[{p[:-4]}]({run}/{p})" for p in figures)
+        links, figs = (", ".join(f"[{p.stem}]({run}/{p.name})" for p in sorted(study_dir.glob(g)))
+                       for g in (f"{run}/*.html", f"{run}/*.png"))
         lines.append(f"- **{run}**: {links}" + (f" — figures: {figs}" if figs else ""))
     for title, frame in sections.items():
-        lines += ["", f"## {title}", "", markdown_table(frame)]
+        lines += ["", f"## {title}", "", _markdown(frame)]
     path = study_dir / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -166,13 +155,13 @@ def seed_runs(study_dir: str | Path, arms: Mapping[str, Sequence[str]],
 
 def seed_table(runs: Mapping[str, Sequence[StudyStats]], metrics: Sequence[str],
                n_boot: int = 2000, clusters: Any = None, level: float = 0.95) -> pd.DataFrame:
-    """Arm x metric: seeds, mean, sd, "mean ± sd", and intervals covering seed and test-set variance."""
+    """Arm x metric: seeds, mean, sd, "mean ± sd", intervals over seed and test-set variance."""
     rows = []
     for arm, arm_runs in runs.items():
         for m in metrics:
             s = summarize_arm(arm_runs, m, n_boot, clusters=clusters, level=level)
-            rows.append({"arm": arm, "metric": m, "seeds": len(s.scores), "mean": s.mean, "sd": s.sd,
-                         "mean ± sd": f"{s.mean:.3f} ± {s.sd:.3f}", "ci low": s.ci[0],
+            rows.append({"arm": arm, "metric": m, "seeds": len(s.scores), "mean": s.mean,
+                         "sd": s.sd, "mean ± sd": f"{s.mean:.3f} ± {s.sd:.3f}", "ci low": s.ci[0],
                          "ci high": s.ci[1], "bootstrap low": s.ci_bootstrap[0],
                          "bootstrap high": s.ci_bootstrap[1]})
     return pd.DataFrame(rows)
@@ -180,7 +169,7 @@ def seed_table(runs: Mapping[str, Sequence[StudyStats]], metrics: Sequence[str],
 
 # --- p-values, pre-registered hypotheses and the claims table -----------------------------------
 def format_p(p: float, n_resamples: int | None = None) -> str:
-    """A p-value for a table: at a resampling test's floor 1/(n+1) it reads "< 1/(n+1)", not 0.000."""
+    """A p-value for a table; at a resampling test's floor 1/(n+1) it reads "< 1/(n+1)"."""
     if p is None or not np.isfinite(p):
         return "n/a"
     if n_resamples is not None and p <= 1.0 / (n_resamples + 1) + 1e-15:
@@ -215,8 +204,9 @@ class Hypothesis:
         missing = [k for k in ("name", "arm_a", "arm_b") if k not in spec]
         unknown = sorted(set(spec) - {f.name for f in fields(cls)})
         if missing or unknown:
-            raise ValueError(f"hypothesis {dict(spec)}: missing keys {missing}, unknown keys {unknown}; "
-                             "expected name, arm_a, arm_b and optional metric, direction, text, family")
+            raise ValueError(f"hypothesis {dict(spec)}: missing keys {missing}, unknown keys "
+                             f"{unknown}; expected name, arm_a, arm_b and optional metric, "
+                             "direction, text, family")
         return cls(**spec)
 
 
@@ -229,14 +219,13 @@ def verdict(estimate: float, p_adjusted: float, direction: str, alpha: float = 0
     return VERDICTS[0] if predicted else VERDICTS[1]
 
 
-def _statement(h: Hypothesis, row: dict[str, Any], alpha: float, level: float) -> str:
+def _statement(h: Hypothesis, row: Mapping[str, Any], alpha: float, level: float) -> str:
     sign = ">" if h.direction == "greater" else "<"
-    text = (f"{row['verdict']}: predicted {h.arm_a} {sign} {h.arm_b} on {h.metric}; observed "
-            f"{row['estimate']:+.4f} (mean over {row['seeds A']} vs {row['seeds B']} seeds; "
-            f"unadjusted {level:.0%} interval over seeds and test set "
-            f"[{row['ci low']:+.4f}, {row['ci high']:+.4f}]), "
-            f"Holm-adjusted p = {format_p(row['p Holm'])}")
-    text += f" {'<' if row['p Holm'] < alpha else '>='} {alpha}"
+    text = (f"{row['verdict']}: predicted {h.arm_a} {sign} {h.arm_b} on "
+            f"{h.metric}; observed {row['estimate']:+.4f} (mean over {row['seeds A']} vs "
+            f"{row['seeds B']} seeds; unadjusted {level:.0%} interval over seeds and test set "
+            f"[{row['ci low']:+.4f}, {row['ci high']:+.4f}]), Holm-adjusted p = "
+            f"{format_p(row['p Holm'])} {'<' if row['p Holm'] < alpha else '>='} {alpha}")
     if row["verdict"] == VERDICTS[2]:
         text += (f"; the smallest difference this design detects with 80% power is "
                  f"{row['detectable at 80%']:.4f}")
@@ -249,13 +238,10 @@ def claims_table(hypotheses: Sequence[Hypothesis | Mapping[str, Any]],
                  level: float = 0.95) -> pd.DataFrame:
     """One row per pre-registered hypothesis: estimate, interval, raw and Holm p, verdict.
 
-    `runs` maps an arm to its per-seed StudyStats (>= 2 seeds; the design asks >= 3), all on
-    the same test studies; `clusters` gives one source id per study. Holm adjusts within each
-    `family` of hypotheses (the primary family apart from any secondary one). "ci" is the t
-    interval of the seed-level test (seed and test-set variance; rrglib.metrics.seeds says why
-    not the bootstrap one, kept as "bootstrap"). The power column is the smallest difference
-    detected with 80% power at alpha / m (m the family's size), Holm's strictest step.
-    `statement` is the full, untruncated sentence.
+    `runs`: {arm: per-seed StudyStats on the same test studies}; `clusters`: one source id per
+    study. Holm adjusts within each `family`. "ci" is the seed-level test's t interval
+    (rrglib.metrics.seeds says why not the bootstrap one, kept as "bootstrap"); the power column
+    is at alpha / m (m the family's size), Holm's strictest step. `statement` is the full sentence.
     """
     hyps = [h if isinstance(h, Hypothesis) else Hypothesis.from_dict(h) for h in hypotheses]
     absent = sorted({a for h in hyps for a in (h.arm_a, h.arm_b)} - set(runs))
@@ -263,8 +249,19 @@ def claims_table(hypotheses: Sequence[Hypothesis | Mapping[str, Any]],
         raise KeyError(f"arms {absent} have no runs (arms with runs: {sorted(runs)}); the "
                        "pre-registered family needs every arm it names")
     size = {f: sum(h.family == f for h in hyps) for f in {h.family for h in hyps}}
-    rows = [_comparison_row(h, runs, alpha / size[h.family], n_boot, seed, clusters, level)
-            for h in hyps]
+    rows = []
+    for h in hyps:
+        c = compare_arms(runs[h.arm_a], runs[h.arm_b], h.metric, n_boot, seed, clusters, level,
+                         power_alpha=alpha / size[h.family])
+        rows.append({"hypothesis": h.name, "family": h.family, "text": h.text, "A": h.arm_a,
+                     "B": h.arm_b, "metric": h.metric, "predicted": DIRECTIONS[h.direction],
+                     "seeds A": len(c.scores_a), "seeds B": len(c.scores_b),
+                     "mean A": c.scores_a.mean(), "sd A": c.scores_a.std(ddof=1),
+                     "mean B": c.scores_b.mean(), "sd B": c.scores_b.std(ddof=1),
+                     "estimate": c.estimate, "ci low": c.ci[0], "ci high": c.ci[1],
+                     "bootstrap low": c.ci_bootstrap[0], "bootstrap high": c.ci_bootstrap[1],
+                     "sd test set": c.sd_test, "t": c.test.t, "df": c.test.df, "p": c.p,
+                     "detectable at 80%": c.mde})
     table = pd.DataFrame(rows)
     if table.empty:
         return table
@@ -278,69 +275,52 @@ def claims_table(hypotheses: Sequence[Hypothesis | Mapping[str, Any]],
     return table
 
 
-def _comparison_row(h: Hypothesis, runs: Mapping[str, Sequence[StudyStats]], power_alpha: float,
-                    n_boot: int, seed: int, clusters: Any, level: float) -> dict[str, Any]:
-    c = compare_arms(runs[h.arm_a], runs[h.arm_b], h.metric, n_boot, seed, clusters, level,
-                     power_alpha=power_alpha)
-    (mean_a, sd_a), (mean_b, sd_b) = mean_sd(runs[h.arm_a], h.metric), mean_sd(runs[h.arm_b], h.metric)
-    return {"hypothesis": h.name, "family": h.family, "text": h.text, "A": h.arm_a, "B": h.arm_b,
-            "metric": h.metric, "predicted": DIRECTIONS[h.direction],
-            "seeds A": len(c.scores_a), "seeds B": len(c.scores_b),
-            "mean A": mean_a, "sd A": sd_a, "mean B": mean_b, "sd B": sd_b,
-            "estimate": c.estimate, "ci low": c.ci[0], "ci high": c.ci[1],
-            "bootstrap low": c.ci_bootstrap[0], "bootstrap high": c.ci_bootstrap[1],
-            "sd test set": c.sd_test, "t": c.test.t, "df": c.test.df, "p": c.p,
-            "detectable at 80%": c.mde}
-
-
 # --- the paper's reported numbers and claims (configs/paper_reported.yaml) ----------------------
-PAPER_KEYS = ("source", "scale", "setup", "results", "claims")
-
-
 def load_paper_reported(path: str | Path = "configs/paper_reported.yaml") -> dict[str, Any]:
-    """The paper's facts: source, scale (the paper's 0-100), setup, results[llm][strategy], claims."""
+    """The paper's facts: source, scale (its 0-100), setup, results[llm][strategy], claims."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the paper's numbers live in configs/paper_reported.yaml")
+        raise FileNotFoundError(f"{path} not found: the paper's numbers live in "
+                                "configs/paper_reported.yaml")
     paper = yaml.safe_load(path.read_text()) or {}
-    missing = [k for k in PAPER_KEYS if k not in paper]
+    missing = [k for k in ("source", "scale", "setup", "results", "claims") if k not in paper]
     bad = [c for c in paper.get("claims") or [] if not {"id", "claim"} <= set(c)]
     if missing or bad:
-        raise ValueError(f"{path}: missing top-level keys {missing}; claims without id/claim: {bad}")
+        raise ValueError(f"{path}: missing top-level keys {missing}; no id/claim: {bad}")
     return paper
 
 
 def paper_results_table(paper: Mapping[str, Any]) -> pd.DataFrame:
     """Long table LLM, strategy, metric, paper value (0-100), on our 0-1 scale; null = not given."""
     divisor = float(paper["scale"]["paper_max"]) / float(paper["scale"]["ours_max"])
-    rows = [{"LLM": llm, "strategy": strategy, "metric": metric, "paper (0-100)": value,
-             "paper on our 0-1 scale": None if value is None else value / divisor}
-            for llm, strategies in paper["results"].items() if isinstance(strategies, dict)
-            for strategy, values in strategies.items() if isinstance(values, dict)
-            for metric, value in values.items()]
-    return pd.DataFrame(rows)
+    return pd.DataFrame([
+        {"LLM": llm, "strategy": strategy, "metric": metric, "paper (0-100)": value,
+         "paper on our 0-1 scale": None if value is None else value / divisor}
+        for llm, strategies in paper["results"].items() if isinstance(strategies, dict)
+        for strategy, values in strategies.items() if isinstance(values, dict)
+        for metric, value in values.items()])
 
 
 def paper_beside_ours(paper: Mapping[str, Any], ours: Mapping[str, float],
                       llm: str = "OpenLLaMA-7B", strategy: str = "two_stage") -> pd.DataFrame:
-    """The paper's reported numbers (one LLM, one strategy) beside ours, both on the 0-1 scale.
+    """The paper's numbers (one LLM, one strategy) beside ours, both on the 0-1 scale.
 
-    `ours` maps our metric names to values; paper metrics map to ours via `comparable_metrics`
-    in the YAML (e.g. F1-CheXbert-14 -> F1-RB-14-micro: another labeler, so not the same number).
+    Paper metrics map to ours via `comparable_metrics` in the YAML (e.g. F1-CheXbert-14 ->
+    F1-RB-14-micro: another labeler, so not the same number).
     """
     table = paper_results_table(paper)
-    table = table[(table["LLM"] == llm) & (table["strategy"] == strategy)]
     rows = []
-    for _, r in table.iterrows():
+    for _, r in table[(table["LLM"] == llm) & (table["strategy"] == strategy)].iterrows():
         match = paper.get("comparable_metrics", {}).get(r["metric"], {})
-        ours_name = match.get("ours")
+        name = match.get("ours")
         rows.append({"paper metric": r["metric"], "paper (0-1)": r["paper on our 0-1 scale"],
-                     "our metric": ours_name, "ours (0-1)": ours.get(ours_name) if ours_name else None,
+                     "our metric": name, "ours (0-1)": ours.get(name) if name else None,
                      "note": match.get("note", "")})
     return pd.DataFrame(rows)
 
 
-def paper_claims_table(paper: Mapping[str, Any], claims: pd.DataFrame | None = None) -> pd.DataFrame:
+def paper_claims_table(paper: Mapping[str, Any],
+                       claims: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every claim of the paper with an untruncated verdict from our pre-registered tests.
 
     A claim's `tested_by` names hypotheses of `claims` (claims_table output): their statements
@@ -349,7 +329,7 @@ def paper_claims_table(paper: Mapping[str, Any], claims: pd.DataFrame | None = N
     rows = []
     for c in paper["claims"]:
         tested_by = list(c.get("tested_by") or [])
-        found = claims[claims["hypothesis"].isin(tested_by)] if claims is not None and tested_by else None
+        found = claims[claims["hypothesis"].isin(tested_by)] if claims is not None else None
         if c.get("implemented_as"):
             text = f"a method, not a result to test: {c['implemented_as']}"
         elif found is not None and len(found):

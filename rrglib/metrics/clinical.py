@@ -1,15 +1,11 @@
 """Clinical efficacy: precision / recall / F1 of observation labels, generated vs reference.
 
-Metric names say what they are: ``{P|R|F1}-{labeler}-{14|13abn|5}-{micro|macro}[-u0]``.
-- labeler: "RB" for our rule-based labeler, "CXB" for CheXbert; never call RB numbers CXB.
-- 14: all CheXpert observations (No Finding included, as in the common CheXbert scorer);
-  13abn: the 13 abnormal observations (ABNORMAL, No Finding left out), the study's primary
-  metric ``F1-RB-13abn-micro``: a constant normal report scores 0 on it;
-  5: CHEXPERT_5 (Atelectasis, Cardiomegaly, Consolidation, Edema, Pleural Effusion).
-- micro: pooled counts over observations; macro: mean of per-observation scores.
-- default convention: positive or uncertain = 1, negative or not mentioned = 0;
-  "-u0": uncertain counts as 0 (only positive = 1).
-A score with an empty denominator is 0 (``zero_division=0``).
+Names say what they are: ``{P|R|F1}-{labeler}-{14|13abn|5}-{micro|macro}[-u0]``. labeler: "RB"
+is our rule-based labeler, "CXB" CheXbert (never call RB numbers CXB). 14: all CheXpert
+observations (No Finding included, as in the common CheXbert scorer); 13abn: the 13 abnormal
+ones (ABNORMAL), the primary metric's set, on which a constant normal report scores 0;
+5: CHEXPERT_5. micro pools counts over observations, macro averages per-observation scores.
+Positive or uncertain = 1 by default; "-u0": uncertain = 0. An empty denominator scores 0.
 """
 
 from __future__ import annotations
@@ -20,15 +16,13 @@ import pandas as pd
 from rrglib.labels import ABNORMAL, CHEXPERT_5, CHEXPERT_OBSERVATIONS, is_positive
 
 CONVENTIONS: dict[str, str] = {"": "positive or uncertain = 1", "-u0": "uncertain = 0"}
-SUBSETS: dict[str, tuple[str, ...]] = {
-    "14": CHEXPERT_OBSERVATIONS, "13abn": ABNORMAL, "5": CHEXPERT_5,
-}
+SUBSETS = {"14": CHEXPERT_OBSERVATIONS, "13abn": ABNORMAL, "5": CHEXPERT_5}
 # The study's pre-registered primary metric (DESIGN.md "Study design").
 PRIMARY_METRIC = "F1-RB-13abn-micro"
 
 
 def binarize(labels: pd.DataFrame, uncertain_positive: bool = True) -> np.ndarray:
-    """(n, 14) bool array in CHEXPERT_OBSERVATIONS order: 1 (and -1 if uncertain_positive) -> True."""
+    """(n, 14) bool in CHEXPERT_OBSERVATIONS order: 1 (and -1 if uncertain_positive) -> True."""
     missing = [c for c in CHEXPERT_OBSERVATIONS if c not in labels.columns]
     if missing:
         raise ValueError(f"label frame lacks columns {missing}; expected label_reports() output")
@@ -54,27 +48,24 @@ def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.where(b > 0, a / np.where(b > 0, b, 1), 0.0)
 
 
+def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
+    return _div(2 * tp, 2 * tp + fp + fn)
+
+
 def micro_f1(reference: np.ndarray, generated: np.ndarray) -> float:
     """Micro F1 of two boolean (n, labels) matrices: pooled counts, 0 when nothing is positive."""
     ref, gen = np.asarray(reference, dtype=bool), np.asarray(generated, dtype=bool)
     return float(_f1(*(np.asarray(float(x.sum())) for x in (ref & gen, ~ref & gen, ref & ~gen))))
 
 
-def _f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> np.ndarray:
-    """F1 from counts (the one formula every F1 here uses)."""
-    return _div(2 * tp, 2 * tp + fp + fn)
-
-
-def ce_from_counts(
-    tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tag: str = "RB", suffix: str = ""
-) -> dict[str, np.ndarray]:
+def ce_from_counts(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, tag: str = "RB",
+                   suffix: str = "") -> dict[str, np.ndarray]:
     """All P/R/F1 micro/macro scores from summed counts of shape (..., 14)."""
     out: dict[str, np.ndarray] = {}
     for subset, names in SUBSETS.items():
         cols = [CHEXPERT_OBSERVATIONS.index(o) for o in names]
         t, p, n = tp[..., cols], fp[..., cols], fn[..., cols]
-        # micro: pool the counts over observations first
-        T, P, N = t.sum(-1), p.sum(-1), n.sum(-1)
+        T, P, N = t.sum(-1), p.sum(-1), n.sum(-1)  # micro: pool the counts over observations
         out[f"P-{tag}-{subset}-micro{suffix}"] = _div(T, T + P)
         out[f"R-{tag}-{subset}-micro{suffix}"] = _div(T, T + N)
         out[f"F1-{tag}-{subset}-micro{suffix}"] = _f1(T, P, N)
@@ -85,35 +76,23 @@ def ce_from_counts(
     return out
 
 
-def clinical_efficacy(
-    reference: pd.DataFrame, generated: pd.DataFrame, tag: str = "RB"
-) -> tuple[dict[str, float], pd.DataFrame]:
+def clinical_efficacy(reference: pd.DataFrame, generated: pd.DataFrame,
+                      tag: str = "RB") -> tuple[dict[str, float], pd.DataFrame]:
     """CE scores (both conventions) and a per-observation table from two label frames."""
     counts = confusion_counts(reference, generated)
     scores: dict[str, float] = {}
     for suffix in CONVENTIONS:
         sums = {k: counts[k + suffix].sum(0) for k in ("tp", "fp", "fn")}
-        scores.update(
-            {k: float(v) for k, v in ce_from_counts(**sums, tag=tag, suffix=suffix).items()}
-        )
+        ce = ce_from_counts(**sums, tag=tag, suffix=suffix)
+        scores.update({k: float(v) for k, v in ce.items()})
     return scores, per_observation_table(counts)
 
 
 def per_observation_table(counts: dict[str, np.ndarray]) -> pd.DataFrame:
     """Precision/recall/F1 and counts per observation, default convention (and F1 for -u0)."""
     tp, fp, fn = (counts[k].sum(0) for k in ("tp", "fp", "fn"))
-    table = pd.DataFrame(
-        {
-            "precision": _div(tp, tp + fp),
-            "recall": _div(tp, tp + fn),
-            "f1": _div(2 * tp, 2 * tp + fp + fn),
-            "f1-u0": _div(
-                2 * counts["tp-u0"].sum(0),
-                2 * counts["tp-u0"].sum(0) + counts["fp-u0"].sum(0) + counts["fn-u0"].sum(0),
-            ),
-            "reference positives": tp + fn,
-            "generated positives": tp + fp,
-        },
-        index=pd.Index(CHEXPERT_OBSERVATIONS, name="observation"),
-    )
-    return table
+    return pd.DataFrame(
+        {"precision": _div(tp, tp + fp), "recall": _div(tp, tp + fn), "f1": _f1(tp, fp, fn),
+         "f1-u0": _f1(*(counts[k + "-u0"].sum(0) for k in ("tp", "fp", "fn"))),
+         "reference positives": tp + fn, "generated positives": tp + fp},
+        index=pd.Index(CHEXPERT_OBSERVATIONS, name="observation"))

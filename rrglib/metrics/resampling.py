@@ -13,8 +13,10 @@ from typing import Any
 
 import numpy as np
 
+Clusters = Sequence[Any] | np.ndarray | None
 
-def cluster_index(n: int, clusters: Sequence[Any] | np.ndarray | None = None) -> np.ndarray:
+
+def cluster_index(n: int, clusters: Clusters = None) -> np.ndarray:
     """(n,) integer cluster of each study (0..n_clusters-1); no clusters: each study its own."""
     if clusters is None:
         return np.arange(n)
@@ -22,23 +24,18 @@ def cluster_index(n: int, clusters: Sequence[Any] | np.ndarray | None = None) ->
     if clusters.shape != (n,):
         raise ValueError(
             f"clusters has shape {clusters.shape} but there are {n} studies: pass one cluster id "
-            "per study, in the order of the study statistics (e.g. the manifest's source_id)"
-        )
+            "per study, in the order of the study statistics (e.g. the manifest's source_id)")
     if clusters.dtype.kind == "f" and np.isnan(clusters).any():
         raise ValueError("clusters contains NaN: every study needs a cluster id (source_id)")
     return np.unique(clusters, return_inverse=True)[1].reshape(n)
 
 
-def bootstrap_weights(
-    n: int,
-    n_boot: int,
-    rng: np.random.Generator,
-    clusters: Sequence[Any] | np.ndarray | None = None,
-) -> np.ndarray:
+def bootstrap_weights(n: int, n_boot: int, rng: np.random.Generator,
+                      clusters: Clusters = None) -> np.ndarray:
     """(n_boot, n) how often each study is drawn: clusters are drawn with replacement, whole.
 
-    Each resample draws as many clusters as there are; its number of studies is then the row
-    sum (it varies when clusters differ in size), which metrics that average use as the count.
+    A resample draws as many clusters as there are, so its number of studies (the row sum, which
+    averaging metrics use as the count) varies when clusters differ in size.
     """
     groups = cluster_index(n, clusters)
     k = int(groups.max()) + 1 if n else 0
@@ -47,16 +44,15 @@ def bootstrap_weights(
     return per_cluster[:, groups].astype(float)
 
 
-def swap_masks(
-    n: int,
-    n_resamples: int,
-    rng: np.random.Generator,
-    clusters: Sequence[Any] | np.ndarray | None = None,
-) -> np.ndarray:
-    """(n_resamples, n) 0/1: swap the two systems' outputs of a study (all of a cluster together)."""
+def swap_masks(n: int, n_resamples: int, rng: np.random.Generator,
+               clusters: Clusters = None) -> np.ndarray:
+    """(n_resamples, n) 0/1: swap two systems' outputs of a study (a cluster's all together)."""
     groups = cluster_index(n, clusters)
     k = int(groups.max()) + 1 if n else 0
     return rng.integers(0, 2, size=(n_resamples, k))[:, groups].astype(float)
 
 
-__all__ = ["bootstrap_weights", "cluster_index", "swap_masks"]
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates."""
+    alpha = (1 - level) / 2
+    return float(np.quantile(replicates, alpha)), float(np.quantile(replicates, 1 - alpha))

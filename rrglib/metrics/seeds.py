@@ -1,24 +1,17 @@
 """Seed-level statistics: the unit of replication is the training seed.
 
-Input: per arm, one `StudyStats` per seed, all scored on the same test studies (same ids, same
-order). Two sources of variance matter for a claim about an arm:
-- seed variance: another training seed gives another model (init, data order, dropout);
-- test-set variance: another sample of test studies gives another score for the same model.
-A per-study bootstrap of one run covers only the second; the spread over seeds on a fixed test
-set covers only the first. `bootstrap_replicates` resamples both (seeds, then test clusters) and
-`compare_arms` tests with a standard error that adds both (see `welch_two_level`).
-
-With few seeds the two-level percentile interval is too narrow: resampling 3 seeds shrinks their
-variance by 2/3 and normal-like quantiles ignore how uncertain a 3-seed sd is (measured in
-tests/test_stats.py: about 80% coverage for a nominal 95%). So the interval a claim cites is the
-t interval of the test itself (same variance terms, same degrees of freedom: it excludes 0
-exactly when p < 1 - level); the bootstrap interval is kept beside it.
-
-Pairing: both arms are scored on the same studies, so each bootstrap replicate draws one set of
-test clusters and scores every seed of both arms on it; study difficulty common to the arms then
-cancels in the difference, which is what a paired design buys. Seeds are not paired across arms:
-the same seed number under another strategy trains another model, so the arms' seed samples
-are treated as independent (if shared seeds correlate the arms, this only errs conservative).
+Input: per arm, one `StudyStats` per seed, all scored on the same test studies in the same order.
+A claim about an arm meets seed variance (another seed trains another model) and test-set
+variance (another test sample scores the same model differently). `bootstrap_replicates`
+resamples both (seeds, then test clusters); `compare_arms` tests with a standard error that adds
+both (`welch_two_level`). With few seeds the two-level percentile interval is too narrow
+(resampling 3 seeds shrinks their variance by 2/3; measured in tests/test_stats.py: about 80%
+coverage for a nominal 95%), so a claim cites the test's own t interval (it excludes 0 exactly
+when p < 1 - level), the bootstrap one beside it.
+Pairing: each replicate scores every seed of both arms on one draw of test clusters, so study
+difficulty common to the arms cancels. Seeds are not paired across arms (the same seed number
+under another strategy trains another model); if shared seeds correlate the arms, treating them
+as independent errs conservative.
 """
 
 from __future__ import annotations
@@ -29,19 +22,17 @@ from typing import Any
 
 import numpy as np
 
-from rrglib.metrics.resampling import bootstrap_weights
+from rrglib.metrics.resampling import bootstrap_weights, percentile_interval
 from rrglib.metrics.scoring import StudyStats
 
 
 def _check_runs(runs: Sequence[StudyStats], metric: str, what: str = "arm") -> None:
     if len(runs) < 2:
-        raise ValueError(
-            f"{what} has {len(runs)} seed(s): seed-level statistics need at least 2 "
-            "(the study design asks for >= 3 per arm of a primary comparison)"
-        )
-    ids = list(runs[0].ids)
-    if any(list(r.ids) != ids for r in runs[1:]):
-        raise ValueError(f"the seeds of {what} were not scored on the same test studies in the same order")
+        raise ValueError(f"{what} has {len(runs)} seed(s): seed-level statistics need at least 2 "
+                         "(the study design asks for >= 3 per arm of a primary comparison)")
+    if any(list(r.ids) != list(runs[0].ids) for r in runs[1:]):
+        raise ValueError(f"the seeds of {what} were not scored on the same test studies in the "
+                         "same order")
     if metric not in runs[0].point():
         raise KeyError(f"unknown metric {metric!r}; choose one of {sorted(runs[0].point())}")
 
@@ -58,34 +49,30 @@ def mean_sd(runs: Sequence[StudyStats], metric: str) -> tuple[float, float]:
     return float(scores.mean()), sd
 
 
-def bootstrap_replicates(
-    runs_a: Sequence[StudyStats],
-    metric: str,
-    runs_b: Sequence[StudyStats] | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
-    clusters: Any = None,
-    resample_seeds: bool = True,
-) -> np.ndarray:
+def bootstrap_replicates(runs_a: Sequence[StudyStats], metric: str,
+                         runs_b: Sequence[StudyStats] | None = None, n_boot: int = 2000,
+                         seed: int = 0, clusters: Any = None,
+                         resample_seeds: bool = True) -> np.ndarray:
     """(n_boot,) bootstrap replicates of arm A's seed-mean (or A - B) of `metric`.
 
-    Two levels: each replicate draws n_seeds seeds with replacement in each arm, and one set of
-    test clusters (whole clusters when `clusters` gives one id per study) shared by every seed of
-    both arms, because all runs were scored on the same test set. `resample_seeds=False` keeps
-    the seeds fixed: the test-set level alone.
+    Each replicate draws n_seeds seeds with replacement per arm and one set of test clusters
+    shared by every seed of both arms (all were scored on the same test set).
+    `resample_seeds=False` keeps the seeds fixed: the test-set level alone.
     """
     _check_runs(runs_a, metric, "arm A")
     if runs_b is not None:
         _check_runs(runs_b, metric, "arm B")
         if list(runs_b[0].ids) != list(runs_a[0].ids):
-            raise ValueError("arms A and B were not scored on the same test studies in the same order")
+            raise ValueError("arms A and B were not scored on the same test studies in the same "
+                             "order")
     rng = np.random.default_rng(seed)
     weights = bootstrap_weights(runs_a[0].n, n_boot, rng, clusters)
     counts = weights.sum(1)
 
     def arm_mean(runs: Sequence[StudyStats]) -> np.ndarray:
         # (n_boot, n_seeds): every seed scored on every replicate's test set
-        per_seed = np.stack([r.metrics_from_sums(weights @ r.values, counts)[metric] for r in runs], 1)
+        per_seed = np.stack([r.metrics_from_sums(weights @ r.values, counts)[metric]
+                             for r in runs], 1)
         if resample_seeds:
             pick = rng.integers(0, len(runs), size=per_seed.shape)
             per_seed = np.take_along_axis(per_seed, pick, axis=1)
@@ -95,15 +82,18 @@ def bootstrap_replicates(
     return out - arm_mean(runs_b) if runs_b is not None else out
 
 
-def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of bootstrap replicates."""
-    alpha = (1 - level) / 2
-    return float(np.quantile(replicates, alpha)), float(np.quantile(replicates, 1 - alpha))
+def _two_level(runs_a: Sequence[StudyStats], metric: str, runs_b: Sequence[StudyStats] | None,
+               n_boot: int, seed: int, clusters: Any) -> tuple[np.ndarray, float]:
+    """(two-level replicates, test-set variance of the estimate with the seeds fixed)."""
+    both = bootstrap_replicates(runs_a, metric, runs_b, n_boot, seed, clusters)
+    fixed = bootstrap_replicates(runs_a, metric, runs_b, n_boot, seed + 1, clusters,
+                                 resample_seeds=False)
+    return both, float(fixed.var(ddof=1))
 
 
 @dataclass(frozen=True)
 class TTest:
-    """A t statistic with its degrees of freedom and two-sided p-value."""
+    """A t statistic with its degrees of freedom, two-sided p-value and standard error."""
 
     t: float
     df: float
@@ -114,17 +104,14 @@ class TTest:
 def welch_two_level(scores_a: np.ndarray, scores_b: np.ndarray, var_test: float = 0.0) -> TTest:
     """Welch's t-test over seed-level scores, its variance widened by the test-set variance.
 
-    Why this test: the seed is the unit of replication, so the seeds' scores are the sample
-    (a per-study permutation test treats one trained model as the population). With 3 seeds per
-    arm a permutation of seed labels has only 20 relabelings (smallest two-sided p = 0.1), so it
-    can never reject at 0.05: Welch's t (normal seed scores, unequal variances) is used instead.
-    The seeds' spread is measured on one fixed test set; `var_test`, the test-set variance of the
-    difference of seed means (cluster bootstrap with seeds fixed), is added so the test covers
-    what the two-level interval covers. The degrees of freedom stay Welch-Satterthwaite's for
-    the seed terms alone: a known extra variance would raise them and could lower p as variance
-    grows; keeping them makes p grow with var_test. With var_test = 0 this is exactly scipy's
-    Welch test. The seed variance on a fixed test set also holds some seed-by-study noise, so
-    the test errs slightly on the conservative side.
+    The seed is the unit of replication, so the seeds' scores are the sample. With 3 seeds per
+    arm a permutation of seed labels has only 20 relabelings (smallest two-sided p = 0.1) and can
+    never reject at 0.05, hence Welch's t. `var_test` (test-set variance of the difference of seed
+    means, cluster bootstrap with seeds fixed) is added so the test covers what the two-level
+    interval covers. The df stay Welch-Satterthwaite's for the seed terms alone, so p grows with
+    var_test (a known extra variance would raise the df and could lower p); with var_test = 0
+    this is scipy's Welch test. Seed variance on a fixed test set also holds seed-by-study noise,
+    so the test errs slightly conservative.
     """
     from scipy import stats as sps  # here, not at import: scipy.stats takes seconds to load
 
@@ -141,34 +128,30 @@ def welch_two_level(scores_a: np.ndarray, scores_b: np.ndarray, var_test: float 
     return TTest(t=float(t), df=float(df), p=float(p), se=float(np.sqrt(var)))
 
 
-def t_interval(estimate: float, test: TTest, level: float = 0.95) -> tuple[float, float]:
-    """estimate +- t quantile (the test's df) * the test's standard error."""
+def t_interval(estimate: float, se: float, df: float, level: float = 0.95) -> tuple[float, float]:
+    """estimate +- t quantile (df; normal when df is inf or NaN) * se."""
     from scipy import stats as sps
 
-    q = sps.norm.ppf(0.5 + level / 2) if np.isinf(test.df) or np.isnan(test.df) else sps.t.ppf(
-        0.5 + level / 2, test.df)
-    return float(estimate - q * test.se), float(estimate + q * test.se)
+    half = 0.5 + level / 2
+    q = sps.norm.ppf(half) if np.isinf(df) or np.isnan(df) else sps.t.ppf(half, df)
+    return float(estimate - q * se), float(estimate + q * se)
 
 
-def minimum_detectable_difference(
-    sd: float, n_a: int, n_b: int | None = None, alpha: float = 0.05, power: float = 0.8
-) -> float:
+def minimum_detectable_difference(sd: float, n_a: int, n_b: int | None = None,
+                                  alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest true difference a two-sided two-sample t-test detects with the given power.
 
-    `sd` is the standard deviation of one seed's score (statsmodels' TTestIndPower solves for
-    the standardised effect; times sd gives it on the metric's scale). Compare with the paper's
-    effect: +2 F1 points = 0.02 on our 0-1 scale. The pooled-variance df (n_a + n_b - 2) are at
-    least Welch's, so for the Welch test the true detectable difference is, if anything, larger.
+    `sd` is one seed's score sd; statsmodels solves for the standardised effect. Compare with the
+    paper's +2 F1 points = 0.02 on our scale. The pooled df (n_a + n_b - 2) are at least Welch's,
+    so for the Welch test the true detectable difference is, if anything, larger.
     """
     from statsmodels.stats.power import TTestIndPower
 
     n_b = n_a if n_b is None else n_b
     if n_a < 2 or n_b < 2:
         raise ValueError(f"power needs >= 2 seeds per arm, got {n_a} and {n_b}")
-    effect = TTestIndPower().solve_power(
-        effect_size=None, nobs1=n_a, alpha=alpha, power=power, ratio=n_b / n_a,
-        alternative="two-sided",
-    )
+    effect = TTestIndPower().solve_power(effect_size=None, nobs1=n_a, alpha=alpha, power=power,
+                                         ratio=n_b / n_a, alternative="two-sided")
     return float(np.asarray(effect).item() * sd)
 
 
@@ -194,25 +177,15 @@ class ArmSummary:
     ci_bootstrap: tuple[float, float]  # two-level percentile bootstrap (seeds, then clusters)
 
 
-def summarize_arm(
-    runs: Sequence[StudyStats],
-    metric: str,
-    n_boot: int = 2000,
-    seed: int = 0,
-    clusters: Any = None,
-    level: float = 0.95,
-) -> ArmSummary:
+def summarize_arm(runs: Sequence[StudyStats], metric: str, n_boot: int = 2000, seed: int = 0,
+                  clusters: Any = None, level: float = 0.95) -> ArmSummary:
     """Mean +- sd across seeds and intervals that cover seed and test-set variance."""
-    from scipy import stats as sps
-
     scores = seed_scores(runs, metric)
     mean, sd = mean_sd(runs, metric)
-    both = bootstrap_replicates(runs, metric, None, n_boot, seed, clusters)
-    fixed = bootstrap_replicates(runs, metric, None, n_boot, seed + 1, clusters, resample_seeds=False)
-    se = np.sqrt(sd**2 / len(scores) + fixed.var(ddof=1))
-    q = sps.t.ppf(0.5 + level / 2, len(scores) - 1)
+    both, var_test = _two_level(runs, metric, None, n_boot, seed, clusters)
+    se = np.sqrt(sd**2 / len(scores) + var_test)
     return ArmSummary(metric=metric, scores=scores, mean=mean, sd=sd,
-                      ci=(float(mean - q * se), float(mean + q * se)),
+                      ci=t_interval(mean, se, len(scores) - 1, level),
                       ci_bootstrap=percentile_interval(both, level))
 
 
@@ -235,50 +208,22 @@ class SeedComparison:
         return self.test.p
 
 
-def compare_arms(
-    runs_a: Sequence[StudyStats],
-    runs_b: Sequence[StudyStats],
-    metric: str,
-    n_boot: int = 2000,
-    seed: int = 0,
-    clusters: Any = None,
-    level: float = 0.95,
-    power_alpha: float = 0.05,
-    power: float = 0.8,
-) -> SeedComparison:
+def compare_arms(runs_a: Sequence[StudyStats], runs_b: Sequence[StudyStats], metric: str,
+                 n_boot: int = 2000, seed: int = 0, clusters: Any = None, level: float = 0.95,
+                 power_alpha: float = 0.05, power: float = 0.8) -> SeedComparison:
     """Estimate, intervals, seed-level test and power of A - B on `metric`.
 
-    The power's sd is the effective per-seed sd of this design, sqrt(V / (1/n_a + 1/n_b)) with V
-    the test's variance (both seed terms and the test-set term); pass `power_alpha` = alpha / m
-    for the strictest Holm step of a family of m tests.
+    The power's sd is this design's effective per-seed sd, sqrt(V / (1/n_a + 1/n_b)) with V the
+    test's variance (seed and test-set terms); pass `power_alpha` = alpha / m for the strictest
+    Holm step of a family of m tests.
     """
     a, b = seed_scores(runs_a, metric), seed_scores(runs_b, metric)
-    both = bootstrap_replicates(runs_a, metric, runs_b, n_boot, seed, clusters)
-    fixed = bootstrap_replicates(runs_a, metric, runs_b, n_boot, seed + 1, clusters, resample_seeds=False)
-    var_test = float(fixed.var(ddof=1))
+    both, var_test = _two_level(runs_a, metric, runs_b, n_boot, seed, clusters)
     test = welch_two_level(a, b, var_test)
     sd_eff = test.se / np.sqrt(1 / len(a) + 1 / len(b))
     estimate = float(a.mean() - b.mean())
     return SeedComparison(
         metric=metric, scores_a=a, scores_b=b, estimate=estimate,
-        ci=t_interval(estimate, test, level), ci_bootstrap=percentile_interval(both, level),
-        test=test, sd_test=float(np.sqrt(var_test)),
-        mde=minimum_detectable_difference(sd_eff, len(a), len(b), power_alpha, power),
-    )
-
-
-__all__ = [
-    "ArmSummary",
-    "SeedComparison",
-    "TTest",
-    "bootstrap_replicates",
-    "compare_arms",
-    "holm",
-    "mean_sd",
-    "minimum_detectable_difference",
-    "percentile_interval",
-    "seed_scores",
-    "summarize_arm",
-    "t_interval",
-    "welch_two_level",
-]
+        ci=t_interval(estimate, test.se, test.df, level),
+        ci_bootstrap=percentile_interval(both, level), test=test, sd_test=float(np.sqrt(var_test)),
+        mde=minimum_detectable_difference(sd_eff, len(a), len(b), power_alpha, power))

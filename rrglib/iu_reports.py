@@ -46,9 +46,7 @@ def _clean(text: str | None) -> str:
 def parse_report_xml(data: bytes | str) -> dict[str, Any]:
     """One OpenI XML report -> dict with the keys of ``COLUMNS``."""
     root = ET.fromstring(data)
-    sections = {
-        (el.get("Label") or "").upper(): _clean(el.text) for el in root.iter("AbstractText")
-    }
+    sections = {(el.get("Label") or "").upper(): _clean(el.text) for el in root.iter("AbstractText")}
     uid = root.find("uId")
     return {
         "id": uid.get("id", "") if uid is not None else "",
@@ -64,11 +62,9 @@ def parse_report_xml(data: bytes | str) -> dict[str, Any]:
 
 def parse_reports(tgz: str | Path) -> pd.DataFrame:
     """All reports of an archive, one row each (columns ``COLUMNS``), sorted by IU number."""
-    rows = []
     with tarfile.open(tgz, "r:*") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".xml"):
-                rows.append(parse_report_xml(tar.extractfile(member).read()))
+        rows = [parse_report_xml(tar.extractfile(m).read()) for m in tar
+                if m.isfile() and m.name.endswith(".xml")]
     if not rows:
         raise ValueError(f"{tgz}: no XML reports inside; is this NLMCXR_reports.tgz?")
     df = pd.DataFrame(rows, columns=list(COLUMNS))

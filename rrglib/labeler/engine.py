@@ -130,8 +130,7 @@ def _mask(text: str, spans: Iterable[tuple[int, int]]) -> str:
 
 def _triggers(sentence: str) -> list[tuple[int, int, str, str]]:
     """All triggers in a sentence as (start, end, kind, direction), each span found once."""
-    found: list[tuple[int, int, str, str]] = []
-    work = sentence
+    found, work = [], sentence
     for kind, direction, pattern in _TRIGGER_RE:
         spans = [(m.start(), m.end()) for m in pattern.finditer(work)]
         found.extend((a, b, kind, direction) for a, b in spans)
@@ -258,11 +257,7 @@ class RuleLabeler:
 
 def label_frequency_table(labels: pd.DataFrame) -> pd.DataFrame:
     """Counts of positive / uncertain / negative / not mentioned per observation."""
-    table = pd.DataFrame({
-        "positive": (labels == POS).sum(),
-        "uncertain": (labels == UNC).sum(),
-        "negative": (labels == NEG).sum(),
-        "not mentioned": labels.isna().sum(),
-    })  # fmt: skip
+    table = pd.DataFrame({"positive": (labels == POS).sum(), "uncertain": (labels == UNC).sum(),
+                          "negative": (labels == NEG).sum(), "not mentioned": labels.isna().sum()})
     table["positive %"] = (100 * table["positive"] / max(len(labels), 1)).round(1)
     return table

@@ -1,9 +1,7 @@
 """Manifests, image loading and batching: the only data path that training reads.
 
-A manifest is `manifest.csv`, one row per study, with image paths relative to its folder (the
-dataset root). It is validated in full before training starts, so a bad dataset fails in seconds
-with a message that names the file, the rows and the fix.
-"""
+A manifest is `manifest.csv`, one row per study, image paths relative to its folder (the dataset
+root). It is validated in full before training starts, so a bad dataset fails in seconds."""
 
 from __future__ import annotations
 
@@ -27,7 +25,7 @@ from rrglib.labels import CHEXPERT_OBSERVATIONS
 if TYPE_CHECKING:
     from rrglib.config import RunConfig
 
-# Read as strings, so that ids such as "00012" or "1e5" survive the CSV.
+# All read as strings, so that ids such as "00012" or "1e5" survive the CSV.
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "id", "split", "image_path", "findings", "impression", "report")
 SPLITS: tuple[str, ...] = ("train", "validate", "test")
@@ -45,9 +43,6 @@ class ManifestError(ValueError):
 
 class ImageLoadError(OSError):
     """An image file that exists but cannot be decoded."""
-
-
-# -- manifests ---------------------------------------------------------------------------
 
 
 def _rows(ids: Sequence[Any], limit: int = 5) -> str:
@@ -174,12 +169,9 @@ def _check_labels(df: pd.DataFrame, source: str) -> None:
 def load_manifest(path: str | Path, check_images: bool = True,
                   allow_overlap: bool = False) -> pd.DataFrame:
     """Read and validate `manifest.csv` (or a folder holding one); raises ManifestError.
-
-    With `check_images`, every image must exist and have a readable header of at least
-    MIN_IMAGE_SIDE px. `attrs["test_reports_in_train"]` counts test reports whose text also
-    occurs in train. Only `image_path` is read: the method sees one frontal view per study,
-    as in the paper, so further view columns are carried along unread.
-    """
+    With `check_images`, every image must exist with a readable header of >= MIN_IMAGE_SIDE px.
+    `attrs["test_reports_in_train"]` counts test reports whose text also occurs in train. Only
+    `image_path` is read (one frontal view per study, as in the paper); view columns are carried."""
     path = Path(path)
     path = path / "manifest.csv" if path.is_dir() else path
     if not path.is_file():
@@ -229,8 +221,7 @@ def write_manifest(df: pd.DataFrame, out_dir: str | Path,
         meta = dict(meta)
         counts = meta.setdefault("counts", {})
         counts.setdefault("studies", int(len(df)))
-        if "split" in df.columns:
-            counts.setdefault("split", split_counts(df))
+        counts.setdefault("split", split_counts(df))
         (out_dir / META_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")
     return path
 
@@ -244,10 +235,7 @@ def attach_labels(df: pd.DataFrame, text_columns: Sequence[str] = ("findings", "
 
     texts = df[list(text_columns)].fillna("").astype(str).agg(" ".join, axis=1).str.strip()
     labels = label_reports(list(texts))
-    df = df.copy()
-    for col in CHEXPERT_OBSERVATIONS:
-        df[col] = labels[col].to_numpy(dtype=float)
-    return df
+    return df.assign(**{c: labels[c].to_numpy(dtype=float) for c in CHEXPERT_OBSERVATIONS})
 
 
 def split_counts(df: pd.DataFrame) -> dict[str, int]:
@@ -259,15 +247,11 @@ def seeded_split(keys: Sequence[str], seed: int,
                  fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> list[str]:
     """Assign each key to train/validate/test by a seeded shuffle (stable for a given seed)."""
     order = np.random.default_rng(seed).permutation(len(keys))
-    n_train = math.floor(fractions[0] * len(keys) + 0.5)
-    n_val = math.floor(fractions[1] * len(keys) + 0.5)
+    n_train, n_val = (math.floor(f * len(keys) + 0.5) for f in fractions[:2])
     out = [""] * len(keys)
     for rank, i in enumerate(order):
         out[i] = "train" if rank < n_train else "validate" if rank < n_train + n_val else "test"
     return out
-
-
-# -- images ------------------------------------------------------------------------------
 
 
 def _scale_real_range(arr: np.ndarray) -> np.ndarray:
@@ -281,9 +265,8 @@ def _read_dicom(path: Path) -> np.ndarray:
     try:
         import pydicom
     except ImportError as err:
-        raise ImportError(
-            f"{path} is DICOM; install pydicom (`pip install pydicom` or the `dicom` extra)."
-        ) from err
+        raise ImportError(f"{path} is DICOM; install pydicom (`pip install pydicom` or the "
+                          "`dicom` extra).") from err
     ds = pydicom.dcmread(str(path))
     arr = ds.pixel_array.astype(np.float32)
     if arr.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
@@ -319,8 +302,7 @@ def read_image_array(path: str | Path) -> np.ndarray:
                 return np.asarray(img.convert("L"), dtype=np.float32) / 255.0
             # RGBA: the alpha channel of a radiograph carries no image content; drop it.
             rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-            gray = (rgb == rgb[..., :1]).all()
-            return rgb[..., 0] if gray else rgb
+            return rgb[..., 0] if (rgb == rgb[..., :1]).all() else rgb  # gray stored as RGB
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
@@ -336,8 +318,7 @@ def load_image(path: str | Path, image_size: int, mean: Sequence[float],
     resized, center-cropped, gray replicated to 3 channels. No augmentation: the paper trains on
     the plain frontal image, and a horizontal flip would swap the left and right the report names.
     """
-    arr = read_image_array(path)
-    t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    t = torch.from_numpy(np.ascontiguousarray(read_image_array(path), dtype=np.float32))
     t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
     h, w = t.shape[-2:]
     scale = image_size / min(h, w)
@@ -345,12 +326,8 @@ def load_image(path: str | Path, image_size: int, mean: Sequence[float],
     t = F.interpolate(t[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
     top, left = (nh - image_size) // 2, (nw - image_size) // 2
     t = t[0, :, top : top + image_size, left : left + image_size].expand(3, -1, -1)
-    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    m, s = (torch.tensor(v, dtype=torch.float32).view(-1, 1, 1) for v in (mean, std))
     return ((t - m) / s).contiguous()
-
-
-# -- dataset and batching ----------------------------------------------------------------
 
 
 class ReportDataset(Dataset):

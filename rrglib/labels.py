@@ -27,7 +27,3 @@ def is_positive(values, uncertain_positive: bool = True):
     Works on numpy arrays and torch tensors alike (NaN, 0 -> False)."""
     pos = values == POSITIVE
     return pos | (values == UNCERTAIN) if uncertain_positive else pos
-
-
-__all__ = ["ABNORMAL", "CHEXPERT_5", "CHEXPERT_OBSERVATIONS", "NEGATIVE", "POSITIVE",
-           "UNCERTAIN", "is_positive"]

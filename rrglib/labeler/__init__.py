@@ -1,10 +1,7 @@
 """Rule-based CheXpert-style labeler: report text -> 14 observations (1 / 0 / -1 / NaN).
 
-``engine``: normalisation, sentences, matching and scope rules (how a report is read);
-``phrases``: the phrase data; ``chexbert``: the optional CheXbert labeler from a local checkpoint,
-same interface; ``agreement``: agreement of any labeler with IU X-Ray's MeSH tags, and a naive
-baseline. ``python -m rrglib.labeler agreement`` prints the agreement table.
-"""
+``engine`` reads a report with the data of ``phrases``; ``chexbert`` is the optional CheXbert
+labeler; ``agreement`` scores any labeler against IU X-Ray's MeSH tags."""
 
 from __future__ import annotations
 

@@ -1,10 +1,8 @@
 """Agreement of a labeler with IU X-Ray's MeSH major tags, and a naive regex baseline.
 
-The NLM indexers tagged every IU X-Ray report with MeSH terms (``Cardiomegaly/mild``,
-``Opacity/lung/base/left``); ``phrases.MESH_RULES`` maps a tag to CheXpert observations (and
-says what is left unmapped, and why). A report is positive for an observation when one of its
-major tags maps to it; No Finding when none maps to one of the 12 findings (Support Devices
-aside). A labeler's 1 or -1 counts as positive (the evaluation convention of ``rrglib.labels``).
+The NLM indexers tagged every IU X-Ray report with MeSH terms (``Opacity/lung/base/left``);
+``phrases.MESH_RULES`` maps them to CheXpert observations (and says what is left unmapped, and
+why). No Finding: no major tag maps to one of the 12 findings. A labeler's -1 counts as positive.
 """
 
 from __future__ import annotations
@@ -53,7 +51,7 @@ def agreement_table(predicted: pd.DataFrame, reference: pd.DataFrame,
         p = tp / pred.sum() if pred.sum() else 0.0
         r = tp / ref.sum() if ref.sum() else 0.0
         f1 = 2 * p * r / (p + r) if p + r else 0.0
-        rows[obs] = {"support": int(ref.sum()), "predicted": int(pred.sum()), "P": p, "R": r, "F1": f1}
+        rows[obs] = dict(support=int(ref.sum()), predicted=int(pred.sum()), P=p, R=r, F1=f1)
     table = pd.DataFrame.from_dict(rows, orient="index")
     frequent = table.index[table["support"] >= 20]
     for name, observations in (("macro-5", list(CHEXPERT_5)), ("macro-support>=20", frequent)):
@@ -92,8 +90,8 @@ def iu_agreement(labelers: dict[str, Callable[[list[str]], pd.DataFrame]], repor
     columns ``report`` and ``mesh_major``)."""
     reference = mesh_reference(t.split(";") for t in reports["mesh_major"])
     texts = reports["report"].tolist()
-    return {name: agreement_table(label(texts).reset_index(drop=True), reference, uncertain_positive)
-            for name, label in labelers.items()}
+    return {name: agreement_table(label(texts).reset_index(drop=True), reference,
+                                  uncertain_positive) for name, label in labelers.items()}
 
 
 def format_agreement(tables: dict[str, pd.DataFrame]) -> str:

@@ -10,14 +10,12 @@ import numpy as np
 import pandas as pd
 
 from rrglib.labeler.engine import NAN, NEG, POS, UNC, normalise
-from rrglib.labels import CHEXPERT_OBSERVATIONS
+from rrglib.labels import ABNORMAL, CHEXPERT_OBSERVATIONS
 
-# Keys of CheXbert's checkpoint that the rebuilt model has no place for, by design.
-IGNORED_BERT_KEYS = frozenset({
-    "embeddings.position_ids",  # a buffer older transformers versions saved
-    "pooler.dense.weight",  # the pooler: unused, the heads read the [CLS] hidden state
-    "pooler.dense.bias",
-})  # fmt: skip
+# Keys of CheXbert's checkpoint the rebuilt model has no place for, by design: a buffer older
+# transformers versions saved, and the pooler (the heads read the [CLS] hidden state).
+IGNORED_BERT_KEYS = frozenset({"embeddings.position_ids", "pooler.dense.weight",
+                               "pooler.dense.bias"})
 
 
 def load_strict(module: Any, state: dict[str, Any], path: Path, prefix: str,
@@ -46,11 +44,7 @@ class ChexbertLabeler:
     order; head 13 predicts blank/positive for No Finding."""
 
     tag = "CXB"
-    CONDITIONS = (
-        "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-        "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
-        "Pleural Other", "Fracture", "Support Devices", "No Finding",
-    )  # fmt: skip
+    CONDITIONS = (*ABNORMAL, "No Finding")  # the order of CheXbert's heads
     CLASS_VALUES = (NAN, POS, NEG, UNC)
 
     def __init__(self, path: str | Path, device: str = "cpu", batch_size: int = 16):
@@ -99,10 +93,9 @@ class ChexbertLabeler:
         out = np.full((len(texts), 14), NAN)
         with self.torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(
-                    texts[i : i + self.batch_size], padding=True, truncation=True,
-                    max_length=512, return_tensors="pt",
-                ).to(self.device)  # fmt: skip
+                batch = self.tokenizer(texts[i : i + self.batch_size], padding=True,
+                                       truncation=True, max_length=512, return_tensors="pt")
+                batch = batch.to(self.device)
                 cls = self.bert(**batch).last_hidden_state[:, 0]
                 for j, head in enumerate(self.heads):
                     pred = head(cls).argmax(-1).cpu().numpy()

@@ -1,25 +1,12 @@
 """The matching engine of the rule-based labeler (phrase data: ``rrglib.labeler.phrases``).
 
-Values follow CheXpert: 1.0 positive, 0.0 negative, -1.0 uncertain, NaN not mentioned. A report:
-1. is normalised (lower case; "XXXX"/"___" de-identification tokens -> "xxxx"; hyphens -> spaces)
-   and split into sentences (".", ";", "!", new lines, list markers; not decimals, not "vs.");
-2. has its fixed assertions matched (``NORMAL_PHRASES``, ``UNCERTAIN_PHRASES``: "heart size is
-   normal" -> Cardiomegaly 0, "borderline heart size" -> -1); anchor and qualifier are masked,
-   the words between them are still read;
-3. has its finding mentions (``MENTIONS``) matched, less those inside an ``UNMENTIONS`` phrase
-   ("pericardial effusion") or strictly inside a longer mention of another observation
-   ("scarring" in "pleural scarring"); a slash separates findings ("atelectasis/scarring");
-4. gives each mention the nearest negation / uncertainty trigger whose scope covers it (NegEx
-   style): pre-triggers reach forward to the sentence end or a clause terminator ("but", "which",
-   "with", "and" + a new finding's modifier); post-triggers reach back ``POST_SCOPE_WORDS`` words;
-   "cannot exclude" is matched before "not"; pseudo-triggers ("no change") do nothing; a negation
-   inside a mention span ("heart is not enlarged") negates it; no trigger: positive;
-5. aggregates per observation (positive beats uncertain beats negative); No Finding = 1 when no
-   observation but Support Devices is positive or uncertain, else NaN (CheXpert never writes 0).
-
-A text that is empty or holds only de-identification tokens and punctuation is "no report": all
-NaN, No Finding included, so that an empty generation is not rewarded as a normal study. Any other
-text, even one without a mention ("No acute cardiopulmonary process."), gets No Finding = 1.
+Values follow CheXpert: 1.0 positive, 0.0 negative, -1.0 uncertain, NaN not mentioned. Fixed
+assertions ("heart size is normal") are matched first and masked; then finding mentions (less
+look-alikes and mentions inside a longer mention of another observation), each valued by the
+nearest negation / uncertainty trigger whose scope covers it (NegEx style; see ``_status``).
+Positive beats uncertain beats negative; No Finding = 1 when nothing but Support Devices is
+positive or uncertain, else NaN. A text of nothing but de-identification tokens and punctuation
+is "no report": all NaN, so that an empty generation is not rewarded as a normal study.
 """
 
 from __future__ import annotations
@@ -36,8 +23,7 @@ import pandas as pd
 from rrglib.labeler import phrases
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 
-POS, NEG, UNC = 1.0, 0.0, -1.0
-NAN = float("nan")
+POS, NEG, UNC, NAN = 1.0, 0.0, -1.0, float("nan")
 
 _DEID = re.compile(r"\b[xX]{2,}\b|_{2,}")
 # public: rrglib.calibration locates findings inside sentences with the same rules
@@ -107,18 +93,11 @@ def normalise_with_map(text: str | None) -> tuple[str, list[int]]:
             pos = m.end()
     out, out_index = [], []
     for c, i in zip(_lower("".join(chars)), index, strict=True):
-        if c in " \t\r\f\v-":
-            if out and out[-1] == " ":
-                continue
-            c = " "
-        out.append(c)
-        out_index.append(i)
+        c = " " if c in " \t\r\f\v-" else c
+        if c != " " or not out or out[-1] != " ":  # whitespace runs collapse to one space
+            out.append(c)
+            out_index.append(i)
     return "".join(out), out_index
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split normalised text into sentences, each padded with one space at both ends."""
-    return [f" {s.strip()} " for s in SENTENCE_BOUNDARY.split(text) if s.strip()]
 
 
 def _mask(text: str, spans: Iterable[tuple[int, int]]) -> str:
@@ -136,8 +115,7 @@ def _triggers(sentence: str) -> list[tuple[int, int, str, str]]:
         found.extend((a, b, kind, direction) for a, b in spans)
         if spans:
             work = _mask(work, spans)
-    found.sort()
-    return found
+    return sorted(found)
 
 
 def _status(start: int, end: int, triggers: list[tuple], sentence: str) -> float:
@@ -186,7 +164,7 @@ def _label_text(text: str, labels: dict[str, float]) -> None:
     """Label normalised text in place. Patterns run once over the whole report (sentences
     joined by "|", which no pattern crosses); triggers are searched per sentence, and only in
     sentences that hold a mention."""
-    sentences = split_sentences(text)
+    sentences = [f" {s.strip()} " for s in SENTENCE_BOUNDARY.split(text) if s.strip()]  # padded
     joined = "|".join(sentences)
     fixed: list[tuple[int, int]] = []
     for pattern_list, value in ((_UNCERTAIN_RE, UNC), (_NORMAL_RE, NEG)):
@@ -208,8 +186,6 @@ def _label_text(text: str, labels: dict[str, float]) -> None:
             bad = [(m.start(), m.end()) for m in UNMENTION_PATTERNS[obs].finditer(masked)]
             spans = [s for s in spans if not any(a <= s[0] and s[1] <= b for a, b in bad)]
         mentions.extend((a, b, obs) for a, b in spans)
-    if not mentions:
-        return
     # drop a mention strictly inside a longer mention of another observation
     mentions = [(a, b, o) for a, b, o in mentions if not any(
         o2 != o and a2 <= a and b <= b2 and (b2 - a2) > (b - a) for a2, b2, o2 in mentions)]

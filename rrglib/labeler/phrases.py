@@ -1,5 +1,6 @@
 """Phrase data of the rule-based labeler: what mentions each observation, what looks like a
-mention but is not, fixed normal / uncertain assertions, and the negation / uncertainty triggers.
+mention but is not, fixed normal / uncertain assertions, and the negation / uncertainty triggers;
+and the tables of ``agreement``: IU X-Ray MeSH tags -> observations, the naive baseline's keywords.
 
 The phrases are regular-expression fragments written as readable phrases (one space between
 words; they are matched against normalised text, see ``engine.normalise``). The SynthCXR report

@@ -1,10 +1,8 @@
-"""The IU X-Ray (OpenI) report archive ``NLMCXR_reports.tgz``: the one parser of its XML.
-
-torchxrayvision ships the archive. Each report gives its id (``CXR1``), sections (comparison,
-indication, findings, impression), the MeSH major and automatic tags the NLM indexers wrote
-(``Cardiomegaly/mild``, ``Opacity/lung/base/left``) and the ids of its images. Callers compose
-the text they need (the labeler reads findings + impression; the dataset builder a target rule).
-Multi-valued fields are ";"-joined strings so the table stays flat (``split_tags`` undoes it).
+"""The IU X-Ray (OpenI) report archive ``NLMCXR_reports.tgz`` (shipped by torchxrayvision):
+the one parser of its XML. Each report gives its id (``CXR1``), sections, the MeSH major and
+automatic tags the NLM indexers wrote (``Opacity/lung/base/left``) and the ids of its images.
+Callers compose the text they need (the labeler reads findings + impression). Multi-valued fields
+are ";"-joined strings so the table stays flat.
 """
 
 from __future__ import annotations
@@ -19,10 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-COLUMNS = (
-    "id", "comparison", "indication", "findings", "impression",
-    "mesh_major", "mesh_automatic", "image_ids",
-)  # fmt: skip
+COLUMNS = ("id", "comparison", "indication", "findings", "impression", "mesh_major",
+           "mesh_automatic", "image_ids")
 
 
 def reports_path() -> Path:
@@ -31,8 +27,7 @@ def reports_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "NLMCXR_reports.tgz not found: torchxrayvision is not installed; "
-            "pip install torchxrayvision==1.5.7 (it ships the file) or pass the archive's path."
-        )
+            "pip install torchxrayvision==1.5.7 (it ships the file) or pass the archive's path.")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "NLMCXR_reports.tgz"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall torchxrayvision==1.5.7")
@@ -46,9 +41,7 @@ def _clean(text: str | None) -> str:
 def parse_report_xml(data: bytes | str) -> dict[str, Any]:
     """One OpenI XML report -> dict with the keys of ``COLUMNS``."""
     root = ET.fromstring(data)
-    sections = {
-        (el.get("Label") or "").upper(): _clean(el.text) for el in root.iter("AbstractText")
-    }
+    sections = {(e.get("Label") or "").upper(): _clean(e.text) for e in root.iter("AbstractText")}
     uid = root.find("uId")
     return {
         "id": uid.get("id", "") if uid is not None else "",
@@ -64,11 +57,9 @@ def parse_report_xml(data: bytes | str) -> dict[str, Any]:
 
 def parse_reports(tgz: str | Path) -> pd.DataFrame:
     """All reports of an archive, one row each (columns ``COLUMNS``), sorted by IU number."""
-    rows = []
     with tarfile.open(tgz, "r:*") as tar:
-        for member in tar:
-            if member.isfile() and member.name.endswith(".xml"):
-                rows.append(parse_report_xml(tar.extractfile(member).read()))
+        rows = [parse_report_xml(tar.extractfile(m).read()) for m in tar
+                if m.isfile() and m.name.endswith(".xml")]
     if not rows:
         raise ValueError(f"{tgz}: no XML reports inside; is this NLMCXR_reports.tgz?")
     df = pd.DataFrame(rows, columns=list(COLUMNS))
@@ -76,20 +67,9 @@ def parse_reports(tgz: str | Path) -> pd.DataFrame:
     return df.iloc[number.argsort(kind="stable")].reset_index(drop=True)
 
 
-@lru_cache(maxsize=2)
-def _cached(path: str) -> pd.DataFrame:
-    return parse_reports(path)
+_cached = lru_cache(maxsize=2)(parse_reports)
 
 
 def read_reports(path: str | Path | None = None) -> pd.DataFrame:
     """The parsed archive (default: torchxrayvision's copy); parsed once per path, then copied."""
     return _cached(str(path or reports_path())).copy()
-
-
-def split_tags(joined: str) -> list[str]:
-    """A ";"-joined field (``mesh_major``, ``image_ids``) back to its list."""
-    return [t for t in joined.split(";") if t]
-
-
-__all__ = ["COLUMNS", "parse_report_xml", "parse_reports", "read_reports", "reports_path",
-           "split_tags"]

@@ -8,29 +8,13 @@ negative or not mentioned = 0. The "-u0" variant counts uncertain as 0.
 from __future__ import annotations
 
 CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+    "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion",
+    "Pleural Other", "Fracture", "Support Devices",
+)  # fmt: skip
 # The 5-observation subset used by most report-generation papers.
 CHEXPERT_5: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Pleural Effusion",
-)
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 # The 13 abnormal observations: the study's primary metric leaves out No Finding, which a
 # constant normal report already gets right for every normal study.
 ABNORMAL: tuple[str, ...] = tuple(o for o in CHEXPERT_OBSERVATIONS if o != "No Finding")
@@ -40,14 +24,6 @@ POSITIVE, NEGATIVE, UNCERTAIN = 1.0, 0.0, -1.0
 
 def is_positive(values, uncertain_positive: bool = True):
     """Binary labels under the convention: 1 (and -1 when `uncertain_positive`) -> True.
-
-    Works on numpy arrays and torch tensors alike (NaN, 0 -> False).
-    """
+    Works on numpy arrays and torch tensors alike (NaN, 0 -> False)."""
     pos = values == POSITIVE
-    if uncertain_positive:
-        pos = pos | (values == UNCERTAIN)
-    return pos
-
-
-__all__ = ["ABNORMAL", "CHEXPERT_5", "CHEXPERT_OBSERVATIONS", "NEGATIVE", "POSITIVE",
-           "UNCERTAIN", "is_positive"]
+    return pos | (values == UNCERTAIN) if uncertain_positive else pos

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rrglib.iu_reports import parse_report_xml, parse_reports, split_tags
+from rrglib.iu_reports import parse_report_xml, parse_reports
 from rrglib.labeler import normalise, normalise_with_map, read_iu_xray_reports
 from rrglib.labeler.__main__ import main as labeler_main
 from rrglib.labeler.agreement import (
@@ -114,7 +114,7 @@ def test_iu_reports_parser(tmp_path: Path) -> None:
     df = parse_reports(tgz)
     assert df["id"].tolist() == ["CXR2", "CXR10"]  # sorted by number, not as text
     assert df.loc[1, "findings"] == "Heart is enlarged." and df.loc[1, "comparison"] == "None."
-    assert split_tags(df.loc[1, "image_ids"]) == ["CXR10_1_IM-0001-3001", "CXR10_1_IM-0001-4001"]
+    assert df.loc[1, "image_ids"].split(";") == ["CXR10_1_IM-0001-3001", "CXR10_1_IM-0001-4001"]
     reports = read_iu_xray_reports(tgz)
     assert reports["report"].tolist() == ["No acute disease.", "Heart is enlarged. Cardiomegaly."]
     assert parse_report_xml(XML.format(n=1, findings=" a \n b ", impression="", mesh="x"))[

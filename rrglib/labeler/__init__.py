@@ -1,14 +1,7 @@
 """Rule-based CheXpert-style labeler: report text -> 14 observations (1 / 0 / -1 / NaN).
 
-- ``engine``: normalisation, sentence splitting, the matching and scope rules (how a report is
-  read is documented there);
-- ``phrases``: the phrase data (mentions, look-alikes, fixed assertions, triggers);
-- ``chexbert``: the optional CheXbert labeler from a local checkpoint, same interface;
-- ``agreement``: agreement of any labeler with IU X-Ray's MeSH tags, and a naive baseline.
-
-``python -m rrglib.labeler agreement`` prints the agreement table; ``--text "..."`` labels one
-report.
-"""
+``engine`` reads a report with the data of ``phrases``; ``chexbert`` is the optional CheXbert
+labeler; ``agreement`` scores any labeler against IU X-Ray's MeSH tags."""
 
 from __future__ import annotations
 
@@ -28,9 +21,8 @@ from rrglib.labeler.engine import (
     label_reports,
     normalise,
     normalise_with_map,
-    split_sentences,
 )
-from rrglib.labeler.phrases import MENTIONS, UNMENTIONS
+from rrglib.labeler.phrases import MENTIONS
 
 
 def get_labeler(spec: str | Path | None = None) -> RuleLabeler | ChexbertLabeler:
@@ -44,12 +36,13 @@ def read_iu_xray_reports(path: str | Path | None = None) -> pd.DataFrame:
     """IU X-Ray reports (``rrglib.iu_reports`` columns) plus ``report``: findings + impression,
     the text the labeler reads."""
     df = read_reports(path)
-    df["report"] = [" ".join(s for s in pair if s) for pair in zip(df["findings"], df["impression"], strict=True)]
+    df["report"] = [" ".join(s for s in pair if s)
+                    for pair in zip(df["findings"], df["impression"], strict=True)]
     return df
 
 
 __all__ = [
-    "MENTIONS", "MENTION_PATTERNS", "SENTENCE_BOUNDARY", "UNMENTIONS", "UNMENTION_PATTERNS",
-    "ChexbertLabeler", "RuleLabeler", "get_labeler", "label_frequency_table", "label_report",
-    "label_reports", "normalise", "normalise_with_map", "read_iu_xray_reports", "split_sentences",
+    "MENTIONS", "MENTION_PATTERNS", "SENTENCE_BOUNDARY", "UNMENTION_PATTERNS", "ChexbertLabeler",
+    "RuleLabeler", "get_labeler", "label_frequency_table", "label_report", "label_reports",
+    "normalise", "normalise_with_map", "read_iu_xray_reports",
 ]  # fmt: skip

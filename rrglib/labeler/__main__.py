@@ -1,9 +1,8 @@
 """Command line: ``python -m rrglib.labeler agreement | frequencies | --text "..."``.
 
-- ``agreement``: the rule labeler and the naive baseline (and CheXbert with ``--chexbert PATH``)
-  against IU X-Ray's MeSH major tags, per observation and macro (see ``agreement``).
-- ``frequencies``: label counts of the rule labeler over the IU X-Ray reports, and its speed.
-- ``--text``: the labels of one report.
+``agreement``: the rule labeler and the naive baseline (and CheXbert with ``--chexbert PATH``)
+against IU X-Ray's MeSH major tags; ``frequencies``: the rule labeler's label counts over the IU
+X-Ray reports, and its speed; ``--text``: the labels of one report.
 """
 
 from __future__ import annotations
@@ -16,7 +15,8 @@ from rrglib.labeler.agreement import format_agreement, iu_agreement, naive_label
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rrglib.labeler", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m rrglib.labeler",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", choices=("agreement", "frequencies"))
     parser.add_argument("--text", help="label one report given on the command line")
     parser.add_argument("--reports", help="NLMCXR_reports.tgz (default: torchxrayvision's copy)")
@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.text:
         for obs, value in label_report(args.text).items():
             print(f"{obs:28s} {value}")
+    reports = read_iu_xray_reports(args.reports) if args.command else None
     if args.command == "frequencies":
-        reports = read_iu_xray_reports(args.reports)
         start = time.perf_counter()
         labels = get_labeler().label_reports(reports["report"], index=reports["id"])
         seconds = time.perf_counter() - start
@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> None:
               f"({len(labels) / seconds:.0f} reports/s)")  # fmt: skip
         print(label_frequency_table(labels).to_string())
     if args.command == "agreement":
-        reports = read_iu_xray_reports(args.reports)
         labelers = {"rule": get_labeler().label_reports, "naive": naive_label_reports}
         if args.chexbert:
             labelers["chexbert"] = get_labeler(args.chexbert).label_reports

@@ -1,37 +1,12 @@
 """The matching engine of the rule-based labeler (phrase data: ``rrglib.labeler.phrases``).
 
-Values follow CheXpert: 1.0 positive, 0.0 negative, -1.0 uncertain, NaN not mentioned.
-
-How a report is read:
-1. Normalise: lower case, de-identification tokens ("XXXX", "___") become the neutral word
-   "xxxx", hyphens become spaces, whitespace is collapsed.
-2. Split into sentences (".", ";", "!", new lines, numbered-list markers; not decimals, not
-   "vs.").
-3. Fixed assertions are matched first (``NORMAL_PHRASES``, ``UNCERTAIN_PHRASES``): an anatomical
-   anchor with a qualifier, e.g. "heart size is normal" (or "at the upper limits of normal") ->
-   Cardiomegaly 0, "borderline heart size" -> Cardiomegaly -1. Anchor and qualifier are masked so
-   the findings step ignores them; the words between them are not ("heart size and pulmonary
-   vascular engorgement are within normal limits" still reads the engorgement, negated).
-4. Finding mentions (``MENTIONS``) are matched; mentions inside an ``UNMENTIONS`` phrase
-   ("pericardial effusion", "prior granulomatous infection") are dropped, and so is a mention
-   lying strictly inside a longer mention of another observation ("scarring" inside "pleural
-   scarring"). A slash separates findings ("atelectasis/scarring" mentions both).
-5. Each mention takes the nearest negation / uncertainty trigger in its scope (NegEx style):
-   pre-triggers ("no", "cannot exclude") reach forward to the end of the sentence or a terminator
-   that starts a new clause ("but", "however", "which", "with", "and" + a new finding's modifier:
-   "no effusion and moderate cardiomegaly"); post-triggers ("has resolved", "cannot be excluded") reach back over at
-   most ``POST_SCOPE_WORDS`` words. Pre-negation uncertainty ("cannot exclude", "not ruled out") is
-   matched before plain negation so that its "not" never negates. Pseudo-triggers ("no change",
-   "not resolved") are masked and do nothing. A negation word inside a mention span ("heart is not
-   enlarged") negates it. With no trigger the mention is positive.
-6. Aggregate per observation over the report: positive beats uncertain beats negative.
-7. No Finding = 1 when no observation other than Support Devices is positive or uncertain,
-   otherwise NaN (CheXpert never writes 0 or -1 for No Finding).
-
-Empty reports: a text that is None, empty, or holds nothing but de-identification tokens and
-punctuation is "no report", and every observation, No Finding included, is NaN. We chose this so
-that an empty generation is not rewarded as a normal study. Any other text, even one without a
-single mention ("No acute cardiopulmonary process."), gets No Finding = 1.
+Values follow CheXpert: 1.0 positive, 0.0 negative, -1.0 uncertain, NaN not mentioned. Fixed
+assertions ("heart size is normal") are matched first and masked; then finding mentions (less
+look-alikes and mentions inside a longer mention of another observation), each valued by the
+nearest negation / uncertainty trigger whose scope covers it (NegEx style; see ``_status``).
+Positive beats uncertain beats negative; No Finding = 1 when nothing but Support Devices is
+positive or uncertain, else NaN. A text of nothing but de-identification tokens and punctuation
+is "no report": all NaN, so that an empty generation is not rewarded as a normal study.
 """
 
 from __future__ import annotations
@@ -45,29 +20,22 @@ from typing import Any
 
 import pandas as pd
 
-from rrglib.labeler.phrases import (
-    MENTIONS,
-    NORMAL_PHRASES,
-    POST_SCOPE_WORDS,
-    TRIGGERS,
-    UNCERTAIN_PHRASES,
-    UNMENTIONS,
-)
+from rrglib.labeler import phrases
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 
-POS, NEG, UNC = 1.0, 0.0, -1.0
-NAN = float("nan")
+POS, NEG, UNC, NAN = 1.0, 0.0, -1.0, float("nan")
 
 _DEID = re.compile(r"\b[xX]{2,}\b|_{2,}")
 # public: rrglib.calibration locates findings inside sentences with the same rules
 SENTENCE_BOUNDARY = re.compile(r"(?<!\bvs)(?<!\d)\.(?!\d)|[;!\n]|\s\d+\.\s|\s\d+\)\s")
 _WORD = re.compile(r"[a-z0-9]")
+_SPACES = re.compile(r"[ \t\r\f\v]+")
 
 
-def _compile(phrases: Iterable[str], slash_joins: bool = True) -> re.Pattern[str]:
+def _compile(alternatives: Iterable[str], slash_joins: bool = True) -> re.Pattern[str]:
     # Longest alternatives first so that "no evidence of" wins over "no". A slash joins words
     # into one token for triggers ("and/or", "r/o") but separates findings ("atelectasis/scar").
-    ordered = sorted(phrases, key=len, reverse=True)
+    ordered = sorted(alternatives, key=len, reverse=True)
     words = [p for p in ordered if p != r"\?"]
     edge = r"[\w/]" if slash_joins else r"\w"
     pattern = rf"(?<!{edge})(?:" + "|".join(words) + rf")(?!{edge})"
@@ -76,45 +44,29 @@ def _compile(phrases: Iterable[str], slash_joins: bool = True) -> re.Pattern[str
     return re.compile(pattern)
 
 
-# compiled per observation: what mentions it, and look-alikes that do not ("heart size" is not cardiomegaly)
-MENTION_PATTERNS = {obs: _compile(ps, slash_joins=False) for obs, ps in MENTIONS.items()}
-UNMENTION_PATTERNS = {obs: _compile(ps, slash_joins=False) for obs, ps in UNMENTIONS.items()}
+# per observation: what mentions it, and look-alikes that do not ("heart size" is not cardiomegaly)
+MENTION_PATTERNS = {o: _compile(ps, slash_joins=False) for o, ps in phrases.MENTIONS.items()}
+UNMENTION_PATTERNS = {o: _compile(ps, slash_joins=False) for o, ps in phrases.UNMENTIONS.items()}
 
 
-# Fixed phrases are costly to scan (an anchor, a gap, a qualifier); each group is only tried when
-# the report holds one of its anchor's stems. Keyed by the group's first observation.
-_FIXED_GUARDS = {
-    "Cardiomegaly": ("heart", "cardi"),
-    "Enlarged Cardiomediastinum": ("mediastin",),
-    "Edema": ("vascul", "vessel"),
-    "Pleural Effusion": ("costophrenic", "pleural space"),
-}
-
-
-def _grouped(
-    phrases: list[tuple[str, tuple[str, ...]]],
-) -> list[tuple[re.Pattern[str], tuple[str, ...], tuple[str, ...]]]:
+def _grouped(fixed: list[tuple[str, tuple[str, ...]]]) -> list[tuple]:
     groups: dict[tuple[str, ...], list[str]] = {}
-    for phrase, observations in phrases:
+    for phrase, observations in fixed:
         groups.setdefault(observations, []).append(phrase)
-    return [(_compile(ps), obs, _FIXED_GUARDS[obs[0]]) for obs, ps in groups.items()]
+    return [(_compile(ps), obs, phrases.FIXED_GUARDS[obs[0]]) for obs, ps in groups.items()]
 
 
-_NORMAL_RE = _grouped(NORMAL_PHRASES)
-_UNCERTAIN_RE = _grouped(UNCERTAIN_PHRASES)
-_TRIGGER_RE = [(kind, direction, _compile(ps)) for kind, direction, ps in TRIGGERS]
+_NORMAL_RE = _grouped(phrases.NORMAL_PHRASES)
+_UNCERTAIN_RE = _grouped(phrases.UNCERTAIN_PHRASES)
+_TRIGGER_RE = [(kind, direction, _compile(ps)) for kind, direction, ps in phrases.TRIGGERS]
 
 
 def _lower(text: str) -> str:
     # A few characters lower-case to two ("İ"); keep those as they are so that every
     # character of the result has one source character (see normalise_with_map).
     low = text.lower()
-    if len(low) == len(text):
-        return low
-    return "".join(c.lower() if len(c.lower()) == 1 else c for c in text)
-
-
-_SPACES = re.compile(r"[ \t\r\f\v]+")
+    return low if len(low) == len(text) else "".join(
+        c if len(c.lower()) > 1 else c.lower() for c in text)
 
 
 def normalise(text: str | None) -> str:
@@ -130,10 +82,7 @@ def normalise_with_map(text: str | None) -> tuple[str, list[int]]:
     (a de-identification token's " xxxx " maps to the token's first character)."""
     if not text:
         return "", []
-    text = str(text)
-    chars: list[str] = []
-    index: list[int] = []
-    pos = 0
+    text, chars, index, pos = str(text), [], [], 0
     for m in itertools.chain(_DEID.finditer(text), [None]):
         stop = m.start() if m else len(text)
         chars.extend(text[pos:stop])
@@ -142,21 +91,13 @@ def normalise_with_map(text: str | None) -> tuple[str, list[int]]:
             chars.extend(" xxxx ")
             index.extend([m.start()] * 6)
             pos = m.end()
-    out: list[str] = []
-    out_index: list[int] = []
+    out, out_index = [], []
     for c, i in zip(_lower("".join(chars)), index, strict=True):
-        if c in " \t\r\f\v-":
-            if out and out[-1] == " ":
-                continue
-            c = " "
-        out.append(c)
-        out_index.append(i)
+        c = " " if c in " \t\r\f\v-" else c
+        if c != " " or not out or out[-1] != " ":  # whitespace runs collapse to one space
+            out.append(c)
+            out_index.append(i)
     return "".join(out), out_index
-
-
-def split_sentences(text: str) -> list[str]:
-    """Split normalised text into sentences, each padded with one space at both ends."""
-    return [f" {s.strip()} " for s in SENTENCE_BOUNDARY.split(text) if s.strip()]
 
 
 def _mask(text: str, spans: Iterable[tuple[int, int]]) -> str:
@@ -168,20 +109,16 @@ def _mask(text: str, spans: Iterable[tuple[int, int]]) -> str:
 
 def _triggers(sentence: str) -> list[tuple[int, int, str, str]]:
     """All triggers in a sentence as (start, end, kind, direction), each span found once."""
-    found: list[tuple[int, int, str, str]] = []
-    work = sentence
+    found, work = [], sentence
     for kind, direction, pattern in _TRIGGER_RE:
         spans = [(m.start(), m.end()) for m in pattern.finditer(work)]
         found.extend((a, b, kind, direction) for a, b in spans)
         if spans:
             work = _mask(work, spans)
-    found.sort()
-    return found
+    return sorted(found)
 
 
-def _status(
-    start: int, end: int, triggers: list[tuple[int, int, str, str]], sentence: str
-) -> float:
+def _status(start: int, end: int, triggers: list[tuple], sentence: str) -> float:
     """Value of one mention from the nearest trigger whose scope covers it (pre wins ties)."""
     pre: tuple[int, str] | None = None  # (distance in characters, kind)
     post: tuple[int, str] | None = None
@@ -195,26 +132,21 @@ def _status(
             elif direction in ("pre", "both"):
                 pre = (start - b, kind)  # triggers are sorted, so the last one is the nearest
         elif a >= end:
-            if kind == "term" or len(sentence[end:a].split()) > POST_SCOPE_WORDS:
+            if kind == "term" or len(sentence[end:a].split()) > phrases.POST_SCOPE_WORDS:
                 break
             if direction in ("post", "both"):
                 post = (a - end, kind)
                 break
-    if pre is not None and (post is None or pre[0] <= post[0]):
-        chosen = pre[1]
-    elif post is not None:
-        chosen = post[1]
-    else:
+    if pre is None and post is None:
         return POS
+    chosen = pre[1] if pre is not None and (post is None or pre[0] <= post[0]) else post[1]
     return {"neg": NEG, "unc": UNC}.get(chosen, POS)  # a pseudo-trigger leaves it positive
 
 
 def _combine(old: float, new: float) -> float:
     """Positive beats uncertain beats negative beats not mentioned."""
-    if math.isnan(old):
-        return new
     rank = {POS: 3, UNC: 2, NEG: 1}
-    return new if rank[new] > rank[old] else old
+    return new if math.isnan(old) or rank[new] > rank[old] else old
 
 
 def _without_gaps(m: re.Match[str]) -> list[tuple[int, int]]:
@@ -232,7 +164,7 @@ def _label_text(text: str, labels: dict[str, float]) -> None:
     """Label normalised text in place. Patterns run once over the whole report (sentences
     joined by "|", which no pattern crosses); triggers are searched per sentence, and only in
     sentences that hold a mention."""
-    sentences = split_sentences(text)
+    sentences = [f" {s.strip()} " for s in SENTENCE_BOUNDARY.split(text) if s.strip()]  # padded
     joined = "|".join(sentences)
     fixed: list[tuple[int, int]] = []
     for pattern_list, value in ((_UNCERTAIN_RE, UNC), (_NORMAL_RE, NEG)):
@@ -254,16 +186,9 @@ def _label_text(text: str, labels: dict[str, float]) -> None:
             bad = [(m.start(), m.end()) for m in UNMENTION_PATTERNS[obs].finditer(masked)]
             spans = [s for s in spans if not any(a <= s[0] and s[1] <= b for a, b in bad)]
         mentions.extend((a, b, obs) for a, b in spans)
-    if not mentions:
-        return
     # drop a mention strictly inside a longer mention of another observation
-    mentions = [
-        (a, b, o)
-        for a, b, o in mentions
-        if not any(
-            o2 != o and a2 <= a and b <= b2 and (b2 - a2) > (b - a) for a2, b2, o2 in mentions
-        )
-    ]
+    mentions = [(a, b, o) for a, b, o in mentions if not any(
+        o2 != o and a2 <= a and b <= b2 and (b2 - a2) > (b - a) for a2, b2, o2 in mentions)]
     starts = list(itertools.accumulate((len(s) + 1 for s in sentences), initial=0))
     by_sentence: dict[int, list[tuple[int, int, str]]] = {}
     for a, b, obs in mentions:
@@ -272,8 +197,7 @@ def _label_text(text: str, labels: dict[str, float]) -> None:
         sentence, offset = sentences[i], starts[i]
         triggers = _triggers(sentence)
         for a, b, obs in items:
-            value = _status(a - offset, b - offset, triggers, sentence)
-            labels[obs] = _combine(labels[obs], value)
+            labels[obs] = _combine(labels[obs], _status(a - offset, b - offset, triggers, sentence))
 
 
 def label_report(text: str | None) -> dict[str, float]:
@@ -293,11 +217,9 @@ _FINDINGS = tuple(o for o in CHEXPERT_OBSERVATIONS if o not in ("No Finding", "S
 
 def label_reports(texts: Iterable[str | None], index: Any = None) -> pd.DataFrame:
     """Label many reports: DataFrame with columns CHEXPERT_OBSERVATIONS, values 1/0/-1/NaN."""
-    rows = [label_report(t) for t in texts]
-    frame = pd.DataFrame(rows, columns=list(CHEXPERT_OBSERVATIONS), dtype=float)
-    if index is not None:
-        frame.index = pd.Index(index)
-    return frame
+    frame = pd.DataFrame([label_report(t) for t in texts], columns=list(CHEXPERT_OBSERVATIONS),
+                         dtype=float)
+    return frame if index is None else frame.set_axis(pd.Index(index))
 
 
 class RuleLabeler:
@@ -309,14 +231,9 @@ class RuleLabeler:
         return label_reports(texts, index=index)
 
 
-
 def label_frequency_table(labels: pd.DataFrame) -> pd.DataFrame:
     """Counts of positive / uncertain / negative / not mentioned per observation."""
-    table = pd.DataFrame({
-        "positive": (labels == POS).sum(),
-        "uncertain": (labels == UNC).sum(),
-        "negative": (labels == NEG).sum(),
-        "not mentioned": labels.isna().sum(),
-    })  # fmt: skip
+    table = pd.DataFrame({"positive": (labels == POS).sum(), "uncertain": (labels == UNC).sum(),
+                          "negative": (labels == NEG).sum(), "not mentioned": labels.isna().sum()})
     table["positive %"] = (100 * table["positive"] / max(len(labels), 1)).round(1)
     return table

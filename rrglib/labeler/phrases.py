@@ -1,5 +1,6 @@
 """Phrase data of the rule-based labeler: what mentions each observation, what looks like a
-mention but is not, fixed normal / uncertain assertions, and the negation / uncertainty triggers.
+mention but is not, fixed normal / uncertain assertions, and the negation / uncertainty triggers;
+and the tables of ``agreement``: IU X-Ray MeSH tags -> observations, the naive baseline's keywords.
 
 The phrases are regular-expression fragments written as readable phrases (one space between
 words; they are matched against normalised text, see ``engine.normalise``). The SynthCXR report
@@ -283,6 +284,15 @@ UNCERTAIN_PHRASES: list[tuple[str, tuple[str, ...]]] = [
     *[(p, ("Enlarged Cardiomediastinum",)) for p in _anchored(MEDIASTINUM, _BORDERLINE_Q)],
 ]
 
+# Fixed phrases are costly to scan (an anchor, a gap, a qualifier); each group is only tried when
+# the report holds one of its anchor's stems. Keyed by the group's first observation.
+FIXED_GUARDS = {
+    "Cardiomegaly": ("heart", "cardi"),
+    "Enlarged Cardiomediastinum": ("mediastin",),
+    "Edema": ("vascul", "vessel"),
+    "Pleural Effusion": ("costophrenic", "pleural space"),
+}
+
 # ---------------------------------------------------------------------------------------------
 # Triggers. Each entry: (kind, direction, phrases). Matched in this order; each match is masked
 # before the next group is searched, so "cannot be excluded" is never read as "not".
@@ -455,3 +465,78 @@ TRIGGERS: list[tuple[str, str, list[str]]] = [
 ]
 
 POST_SCOPE_WORDS = 12  # how far back a post-trigger reaches ("consolidation, atelectasis and blunting in the left lower lobe have cleared")
+
+# ---------------------------------------------------------------------------------------------
+# IU X-Ray MeSH major tags -> CheXpert observations (``agreement``). A tag is positive for an
+# observation when its heading is listed and it carries one of the listed qualifiers ("" means
+# no qualifier at all; () means any). Why some choices:
+# - A borderline heart (Cardiac Shadow/borderline) is uncertain cardiomegaly under CheXpert's
+#   rules, and uncertain counts as positive.
+# - Lung Opacity includes scarring, fibrosis and interstitial markings; Edema includes
+#   congestion, vascular prominence and heart failure (CheXpert's mention lists).
+# Left unmapped, and why:
+# - Calcified Granuloma, Granuloma, Granulomatous Disease, Calcinosis: healed old infection, not a
+#   CheXpert Lung Lesion or Pneumonia (CheXpert's lesion list has no granuloma).
+# - Emphysema, Pulmonary Disease, Chronic Obstructive; Lung/hyperdistention, /hypoinflation:
+#   lung volumes and COPD are no CheXpert observation.
+# - Costophrenic Angle/blunted: the IU radiologists often attribute blunting to scarring or
+#   pleural thickening ("chronic blunting ... without definite pleural effusion"), and tag an
+#   effusion they see as Pleural Effusion; CheXpert's effusion mentions are "effusion" and
+#   "pleural fluid" only.
+# - Pericardial Effusion: not pleural. Markings/bronchovascular: normal anatomy unless qualified.
+# - Bones and spine, Aorta, Atherosclerosis, Hernia, Diaphragm, Foreign Bodies, Nipple Shadow,
+#   Lucency, Density outside the lung: outside CheXpert's 14 (Fracture aside).
+# - Technical Quality of Image Unsatisfactory, No Indexing: not findings.
+# ---------------------------------------------------------------------------------------------
+MESH_RULES: dict[str, list[tuple[tuple[str, ...], tuple[str, ...]]]] = {
+    "Cardiomegaly": [((), ("Cardiomegaly",))],
+    "Cardiac Shadow": [(("enlarged", "borderline"), ("Cardiomegaly",))],
+    "Mediastinum": [(("enlarged", "prominent", "widened"), ("Enlarged Cardiomediastinum",))],
+    "Opacity": [(("lung", "retrocardiac"), ("Lung Opacity",))],
+    "Airspace Disease": [((), ("Lung Opacity",))],
+    "Infiltrate": [((), ("Lung Opacity",))],
+    "Density": [(("lung", "retrocardiac"), ("Lung Opacity",))],
+    "Markings": [(("lung",), ("Lung Opacity",))],
+    "Cicatrix": [(("lung",), ("Lung Opacity",)), (("pleura",), ("Pleural Other",))],
+    "Lung": [(("interstitial",), ("Lung Opacity",))],
+    "Pulmonary Fibrosis": [((), ("Lung Opacity",))],
+    "Lung Diseases, Interstitial": [((), ("Lung Opacity",))],
+    "Nodule": [(("lung", ""), ("Lung Lesion",))],
+    "Mass": [(("lung", ""), ("Lung Lesion",))],
+    "Pulmonary Edema": [((), ("Edema",))],
+    "Pulmonary Congestion": [((), ("Edema",))],
+    "Heart Failure": [((), ("Edema",))],
+    "Consolidation": [((), ("Consolidation",))],
+    "Pneumonia": [((), ("Pneumonia",))],
+    "Pulmonary Atelectasis": [((), ("Atelectasis",))],
+    "Volume Loss": [((), ("Atelectasis",))],
+    "Pneumothorax": [((), ("Pneumothorax",))],
+    "Hydropneumothorax": [((), ("Pneumothorax", "Pleural Effusion"))],
+    "Hemopneumothorax": [((), ("Pneumothorax",))],
+    "Pleural Effusion": [((), ("Pleural Effusion",))],
+    "Thickening": [(("pleura",), ("Pleural Other",))],
+    "Fractures, Bone": [((), ("Fracture",))],
+    "Catheters, Indwelling": [((), ("Support Devices",))],
+    "Implanted Medical Device": [((), ("Support Devices",))],
+    "Medical Device": [((), ("Support Devices",))],
+    "Tube, Inserted": [((), ("Support Devices",))],
+    "Stents": [((), ("Support Devices",))],
+    "Surgical Instruments": [((), ("Support Devices",))],
+}
+
+# The naive baseline's keywords (``agreement.naive_label_report``).
+NAIVE_KEYWORDS: dict[str, str] = {
+    "Enlarged Cardiomediastinum": r"widened mediastinum|mediastinal widening",
+    "Cardiomegaly": r"cardiomegaly|enlarged heart|heart is enlarged|cardiac enlargement",
+    "Lung Opacity": r"opacit\w*|infiltrat\w*|airspace disease|scar\w*|fibrosis",
+    "Lung Lesion": r"nodules?|mass|masses|tumou?r|lesions?",
+    "Edema": r"edema|congestion|chf",
+    "Consolidation": r"consolidat\w*",
+    "Pneumonia": r"pneumonia",
+    "Atelectasis": r"atelecta\w*",
+    "Pneumothorax": r"pneumothora\w*",
+    "Pleural Effusion": r"effusions?",
+    "Pleural Other": r"pleural thickening",
+    "Fracture": r"fractur\w*",
+    "Support Devices": r"pacemaker|catheter|tube|line|clips?|sternotomy|stent",
+}

@@ -1,4 +1,4 @@
-# The two commands of the README: `make reproduce` and `make test`. Both create .venv and
+# The commands of the README: `make reproduce` (and `reproduce-full`) and `make test`. All create .venv and
 # install everything they need first, so they work on a fresh clone.
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -25,7 +25,7 @@ define run_pytest
 	exit $$rc
 endef
 
-.PHONY: setup assets test test-fast reproduce demo-data lint clean
+.PHONY: setup assets test test-fast reproduce reproduce-full demo-data lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,8 +50,14 @@ test-fast: setup assets
 demo-data: setup
 	$(PY) -m data_prep.demo --out data/demo
 
+# The exploratory tier (one seed per arm, no claims): within the hour on 2 cores.
 reproduce: setup assets
 	$(PY) -m rrglib.study run configs/study_demo.yaml
+
+# The evidence tier (3 seeds per primary arm, the pre-registered tests): ~2 h on 2 cores.
+# Resumable: after a stop, the same command resumes at the first unfinished step.
+reproduce-full: setup assets
+	$(PY) -m rrglib.study run configs/study_demo_full.yaml
 
 lint: setup
 	$(PY) -m ruff check rrglib data_prep tests benchmarks

@@ -14,13 +14,25 @@ Study spec (YAML)::
     before: [00_overview, 10_data]          # study-level, once, before the runs
     runs:
       - {name: frozen, overrides: [train.strategy=frozen], parameters: {}, config: ...}
-    per_run: [20_train, 30_evaluate]        # in order for every run
+      - {name: two_stage, overrides: [...], seeds: [0, 1, 2]}  # runs two_stage_s0, _s1, _s2
+    per_run: [20_train, 30_evaluate, 40_attention]  # in order for every run
+    first_seed_only: [40_attention]         # per_run notebooks run for an arm's first seed only
     after: [90_summary]                     # after every run is done
-    comparisons: [[two_stage, frozen], ...] # run pairs 90_summary tests (optional)
+    comparisons: [[two_stage, frozen], ...] # arm pairs 90_summary tests (optional)
+    hypotheses:                             # the pre-registered tests (rrglib.reporting)
+      - {name: H2, arm_a: two_stage, arm_b: frozen, metric: F1-RB-13abn-micro,
+         direction: greater, family: primary, text: "two-stage beats the frozen encoder"}
+
+An entry of `runs` is an *arm*. With `seeds: [s, ...]` it expands into one run per seed, named
+`<arm>_s<seed>`, with `train.seed=<seed>` appended to its overrides; without `seeds` the arm is
+one run of the same name. `comparisons`, `hypotheses`, `--only` and `--force` name arms
+(`--only`/`--force` also take run names); notebooks receive `runs` (every run's name) and `arms`
+({arm: its runs' names, in seed order}).
 
 Notebooks run with cwd = the repo root (the spec's parent's parent, or `root:`). Each gets the
 standard parameters (`study_name`, `study_dir`, `work_dir`, `run_name`, `run_dir`,
-`run_work_dir`, `config`, `overrides`, `runs`, `comparisons`, `num_threads`; paths relative
+`run_work_dir`, `config`, `overrides`, `runs`, `arms`, `comparisons`, `hypotheses`,
+`num_threads`; paths relative
 to the root)
 and then the spec's, the run's and the `-p` parameters. A parameter no notebook of the study
 declares is an error, so a misspelt name never runs the study with a default.
@@ -60,14 +72,17 @@ from rrglib.export import export_html, relative_paths
 
 STANDARD_PARAMETERS = (
     "study_name", "study_dir", "work_dir", "run_name", "run_dir", "run_work_dir", "config",
-    "overrides", "runs", "comparisons", "num_threads",
+    "overrides", "runs", "arms", "comparisons", "hypotheses", "num_threads",
 )  # fmt: skip
 # Read by the runner itself (the base config), so valid without a notebook declaring it.
 RUNNER_PARAMETERS = ("base_config",)
 # Parameters that change how fast a notebook runs, not what it computes: kept out of hashes.
 EXECUTION_ONLY_PARAMETERS = ("num_threads",)
 SPEC_KEYS = ("name", "root", "results_dir", "work_dir", "notebooks_dir", "config", "parameters",
-             "before", "runs", "per_run", "after", "comparisons")
+             "before", "runs", "per_run", "first_seed_only", "after", "comparisons", "hypotheses")
+RUN_KEYS = ("name", "overrides", "parameters", "config", "seeds")
+# The keys of rrglib.reporting.Hypothesis (tests/test_study.py checks the two agree).
+HYPOTHESIS_KEYS = ("name", "arm_a", "arm_b", "metric", "direction", "text", "family")
 # A name becomes a directory: no `.`/`..`, no separators, no leading dash or dot.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 WORKSPACE_FILE = ".study-workspace"
@@ -98,10 +113,18 @@ class Terminated(KeyboardInterrupt):
 # -- spec ----------------------------------------------------------------------------------
 @dataclass
 class RunSpec:
+    """One run: an arm of the spec, or one seed of an arm declared with `seeds`."""
+
     name: str
     overrides: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
     config: str | None = None
+    arm: str = ""  # the spec entry's name; "" means the run's own name
+    seed: int | None = None  # set when the arm declares `seeds`
+    first_seed: bool = True  # False for an arm's later seeds (they skip `first_seed_only`)
+
+    def __post_init__(self) -> None:
+        self.arm = self.arm or self.name
 
 
 @dataclass
@@ -120,6 +143,16 @@ class StudySpec:
     per_run: list[str]
     after: list[str]
     comparisons: list[tuple[str, str]] = field(default_factory=list)
+    first_seed_only: list[str] = field(default_factory=list)
+    hypotheses: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def arms(self) -> dict[str, list[str]]:
+        """{arm: the names of its runs}, in spec order (one run for an arm without seeds)."""
+        arms: dict[str, list[str]] = {}
+        for r in self.runs:
+            arms.setdefault(r.arm, []).append(r.name)
+        return arms
 
     @property
     def manifest_path(self) -> Path:
@@ -162,34 +195,87 @@ def _read_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
+def _parse_seeds(path: Path, name: str, raw: Any) -> list[int] | None:
+    if raw is None:
+        return None
+    ok = (isinstance(raw, list) and raw and len(set(raw)) == len(raw)
+          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw))
+    if not ok:
+        raise SpecError(f"{path}: run {name}: seeds must be a non-empty list of distinct integers "
+                        f">= 0, e.g. seeds: [0, 1, 2]; got {raw!r}")
+    return list(raw)
+
+
+def expand_seeds(arm: RunSpec, seeds: list[int] | None) -> list[RunSpec]:
+    """One run per seed (`<arm>_s<seed>`, override `train.seed=<seed>` last), or the arm itself."""
+    if seeds is None:
+        return [arm]
+    return [RunSpec(f"{arm.name}_s{seed}", [*arm.overrides, f"train.seed={seed}"],
+                    dict(arm.parameters), arm.config, arm=arm.name, seed=seed, first_seed=i == 0)
+            for i, seed in enumerate(seeds)]
+
+
 def _parse_runs(path: Path, raw_runs: list[Any]) -> list[RunSpec]:
-    runs = []
+    runs: list[RunSpec] = []
+    arms: list[str] = []
     for i, raw in enumerate(raw_runs):
         if not isinstance(raw, dict):
             raise SpecError(f"{path}: runs[{i}] must be a mapping with a `name`")
         name = check_name(raw.get("name"), f"{path}: runs[{i}] name")
-        extra = sorted(set(raw) - {"name", "overrides", "parameters", "config"})
+        extra = sorted(set(raw) - set(RUN_KEYS))
         if extra:
             raise SpecError(f"{path}: run {name}: unknown key(s) {', '.join(extra)}; "
-                            "valid: name, overrides, parameters, config")
+                            f"valid: {', '.join(RUN_KEYS)}")
         overrides = [str(o) for o in raw.get("overrides") or []]
-        runs.append(RunSpec(name, overrides, dict(raw.get("parameters") or {}), raw.get("config")))
+        arm = RunSpec(name, overrides, dict(raw.get("parameters") or {}), raw.get("config"))
+        runs += expand_seeds(arm, _parse_seeds(path, name, raw.get("seeds")))
+        arms.append(name)
     names = [r.name for r in runs]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise SpecError(f"{path}: run name(s) used twice: {', '.join(dupes)}")
+    dupes = {n for n in names if names.count(n) > 1} | {a for a in arms if arms.count(a) > 1}
+    # an arm's name may equal its own single run; any other coincidence makes names ambiguous
+    clash = sorted(set(arms) & {r.name for r in runs if r.arm != r.name})
+    if dupes or clash:
+        raise SpecError(f"{path}: run or arm name(s) used twice: {', '.join(sorted({*dupes, *clash}))}"
+                        " (an arm with `seeds` makes runs <arm>_s<seed>: rename the clashing arm)")
     return runs
 
 
 def _parse_comparisons(path: Path, raw: Any, runs: list[RunSpec]) -> list[tuple[str, str]]:
-    names = {r.name for r in runs}
+    names = {r.arm for r in runs}
     pairs = []
     for item in raw or []:
         if not (isinstance(item, list) and len(item) == 2 and set(item) <= names):
-            raise SpecError(f"{path}: comparisons: {item!r} must be a pair of run names from "
-                            f"{', '.join(sorted(names))}, e.g. [two_stage, frozen]")
+            raise SpecError(f"{path}: comparisons: {item!r} must be a pair of run names (arm "
+                            f"names) from {', '.join(sorted(names))}, e.g. [two_stage, frozen]")
         pairs.append((str(item[0]), str(item[1])))
     return pairs
+
+
+def _parse_hypotheses(path: Path, raw: Any, runs: list[RunSpec]) -> list[dict[str, Any]]:
+    """The pre-registered tests, checked here so a typo fails before hours of training."""
+    arms = {r.arm for r in runs}
+    out: list[dict[str, Any]] = []
+    for i, item in enumerate(raw or []):
+        where = f"{path}: hypotheses[{i}]"
+        if not isinstance(item, dict):
+            raise SpecError(f"{where} must be a mapping with keys {', '.join(HYPOTHESIS_KEYS)}")
+        missing = [k for k in ("name", "arm_a", "arm_b") if k not in item]
+        unknown = sorted(set(item) - set(HYPOTHESIS_KEYS))
+        if missing or unknown:
+            raise SpecError(f"{where}: missing {missing}, unknown {unknown}; valid keys: "
+                            f"{', '.join(HYPOTHESIS_KEYS)} (name, arm_a, arm_b required)")
+        absent = sorted({item["arm_a"], item["arm_b"]} - arms)
+        if absent:
+            raise SpecError(f"{where} ({item['name']}): {', '.join(map(str, absent))} is not an "
+                            f"arm of the study; arms: {', '.join(sorted(arms))}")
+        if item.get("direction", "greater") not in ("greater", "less"):
+            raise SpecError(f"{where} ({item['name']}): direction must be greater or less")
+        out.append(dict(item))
+    names = [h["name"] for h in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SpecError(f"{path}: hypothesis name(s) used twice: {', '.join(map(str, dupes))}")
+    return out
 
 
 def load_spec(path: str | Path, params: dict[str, Any] | None = None) -> StudySpec:
@@ -202,6 +288,11 @@ def load_spec(path: str | Path, params: dict[str, Any] | None = None) -> StudySp
     notebooks_dir = root / data.get("notebooks_dir", "notebooks")
     lists = {k: [str(n).removesuffix(".ipynb") for n in data.get(k) or []]
              for k in ("before", "per_run", "after")}
+    first_only = [str(n).removesuffix(".ipynb") for n in data.get("first_seed_only") or []]
+    stray = sorted(set(first_only) - set(lists["per_run"]))
+    if stray:
+        raise SpecError(f"{path}: first_seed_only lists {', '.join(stray)}, not in per_run "
+                        f"({', '.join(lists['per_run'])})")
     listed = {n for ns in lists.values() for n in ns}
     missing = sorted(n for n in listed if not (notebooks_dir / f"{n}.ipynb").is_file())
     if missing:
@@ -217,7 +308,9 @@ def load_spec(path: str | Path, params: dict[str, Any] | None = None) -> StudySp
         work_dir=root / data.get("work_dir", f"runs/{name}"),
         config=data.get("config"), parameters=dict(data.get("parameters") or {}),
         cli_parameters=dict(params or {}), runs=runs,
-        comparisons=_parse_comparisons(path, data.get("comparisons"), runs), **lists,
+        comparisons=_parse_comparisons(path, data.get("comparisons"), runs),
+        first_seed_only=first_only, hypotheses=_parse_hypotheses(path, data.get("hypotheses"), runs),
+        **lists,
     )  # fmt: skip
     _check_parameters(spec)
     return spec
@@ -265,6 +358,7 @@ class Step:
     key: str  # "10_data" (study-level) or "frozen/20_train"
     phase: str  # before | run | after
     run: str | None
+    arm: str | None  # the spec entry the run comes from (== run without `seeds`)
     notebook: Path
     output: Path
     parameters: dict[str, Any]
@@ -303,7 +397,7 @@ def _config_digest(root: Path, config: str | None, overrides: list[str]) -> str:
 
 def _parameters_digest(params: dict[str, Any], declared: set[str] | None, phase: str) -> str:
     # Adding a run must not invalidate the others: only `after` steps depend on the run list.
-    unhashed = set(EXECUTION_ONLY_PARAMETERS) | ({"runs"} if phase != "after" else set())
+    unhashed = set(EXECUTION_ONLY_PARAMETERS) | ({"runs", "arms"} if phase != "after" else set())
     return _digest({k: v for k, v in params.items()
                     if k not in unhashed and (declared is None or k in declared)})
 
@@ -325,7 +419,9 @@ def _make_step(spec: StudySpec, nb: str, run: RunSpec | None, phase: str,
         "config": config,
         "overrides": overrides,
         "runs": [r.name for r in spec.runs],
+        "arms": spec.arms,
         "comparisons": [list(pair) for pair in spec.comparisons],
+        "hypotheses": [dict(h) for h in spec.hypotheses],
         "num_threads": os.cpu_count() or 1,
         **merged,
     }
@@ -337,6 +433,7 @@ def _make_step(spec: StudySpec, nb: str, run: RunSpec | None, phase: str,
     }
     return Step(
         key=f"{run.name}/{nb}" if run else nb, phase=phase, run=run.name if run else None,
+        arm=run.arm if run else None,
         notebook=notebook, output=(run_dir or spec.results_dir) / f"{nb}.ipynb",
         parameters=params, config=config, overrides=overrides, upstream=upstream,
         hashes=hashes, config_hash=_digest(hashes),
@@ -368,12 +465,13 @@ def from_another_checkout(spec: StudySpec, manifest: Manifest) -> bool:
 
 def _check_selection(spec: StudySpec, force: list[str] | None, only: list[str] | None) -> None:
     runs = [r.name for r in spec.runs]
-    unknown = sorted(set(only or []) - set(runs))
+    names = set(runs) | set(spec.arms)
+    unknown = sorted(set(only or []) - names)
     if unknown:
-        raise SpecError(f"--only: no run named {', '.join(unknown)} in {spec.path.name}; "
-                        f"valid: {', '.join(runs)}")
+        raise SpecError(f"--only: no run or arm named {', '.join(unknown)} in {spec.path.name}; "
+                        f"valid: {', '.join(sorted(names))}")
     keys = {f"{r}/{nb}" for r in runs for nb in spec.per_run}
-    unknown = sorted(set(force or []) - set(runs) - set(spec.notebooks) - keys)
+    unknown = sorted(set(force or []) - names - set(spec.notebooks) - keys)
     if unknown:
         raise SpecError(
             f"--force: no run, notebook or step named {', '.join(unknown)} in {spec.path.name}; "
@@ -399,6 +497,8 @@ def plan(spec: StudySpec, manifest: Manifest | None = None, force: list[str] | N
     for run in spec.runs:
         run_prev = prev
         for nb in spec.per_run:
+            if not run.first_seed and nb in spec.first_seed_only:
+                continue
             steps.append(_make_step(spec, nb, run, "run", run_prev))
             run_prev = [steps[-1].key]
         ends += run_prev
@@ -416,7 +516,7 @@ def plan(spec: StudySpec, manifest: Manifest | None = None, force: list[str] | N
                 "checkpoints is not this one's)")
         else:
             step.action, step.reason = _decide(step, by_key, manifest.steps, force)
-        if step.action == "run" and only is not None and step.run not in (*only, None):
+        if step.action == "run" and only is not None and not {step.run, step.arm} & {*only, None}:
             step.action, step.reason = "hold", f"not selected (--only); would run: {step.reason}"
     return steps
 
@@ -426,7 +526,8 @@ def _decide(step: Step, by_key: dict[str, Step], records: dict[str, dict],
     held = [k for k in step.upstream if by_key[k].action == "hold"]
     if held:
         return "hold", f"waits for {held[0]}"
-    if force is not None and (not force or {step.key, step.run, step.notebook.stem} & set(force)):
+    if force is not None and (not force or {step.key, step.run, step.arm, step.notebook.stem}
+                              & set(force)):
         return "run", "forced"
     rec = records.get(step.key)
     if rec is None:
@@ -672,6 +773,9 @@ def run_study(spec: StudySpec, dry_run: bool = False, force: list[str] | None = 
     if dry_run:
         manifest = Manifest.load(spec.manifest_path)
         steps = plan(spec, manifest, force=force, only=only)
+        for arm, names in spec.arms.items():
+            if names != [arm]:
+                out(f"arm {arm}: runs {', '.join(names)} (override train.seed=<seed>)")
         for s in steps:
             out(f"{s.action:<5} {s.key:<40} {s.reason}")
         todo = sum(s.action == "run" for s in steps)

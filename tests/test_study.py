@@ -406,7 +406,7 @@ def test_comparisons_come_from_the_spec(tmp_path):
     with pytest.raises(study.SpecError, match="pair of run names"):
         study.load_spec(spec_path)
     demo = study.load_spec(REPO / "configs/study_demo.yaml")
-    assert ("two_stage", "frozen") in demo.comparisons
+    assert ("two_stage_aux", "frozen_aux") in demo.comparisons
 
 
 def test_format_p_shows_the_permutation_floor():
@@ -479,3 +479,91 @@ def test_notebook_defaults_are_the_demo_profile():
         assert all("smoke" not in str(v) for v in defaults.values()), path.name
         for key in ("study_dir", "run_dir", "run_work_dir", "work_dir"):  # never into results/
             assert not str(defaults.get(key, "runs/")).startswith("results"), (path.name, key)
+
+
+SEEDED = dict(
+    BASE,
+    runs=[{"name": "a", "overrides": ["train.strategy=frozen"], "seeds": [0, 2]},
+          {"name": "b", "overrides": ["train.epochs=2"]}],
+    per_run=["20_train", "30_check"],
+    first_seed_only=["30_check"],
+    comparisons=[["a", "b"]],
+    hypotheses=[{"name": "H1", "arm_a": "a", "arm_b": "b", "metric": "F1-RB-13abn-micro",
+                 "direction": "greater", "text": "a beats b", "family": "primary"}],
+)
+
+
+def test_seeds_expand_an_arm_into_one_run_per_seed(tmp_path, capsys):
+    spec = study.load_spec(make_repo(tmp_path, SEEDED))
+    assert [r.name for r in spec.runs] == ["a_s0", "a_s2", "b"]
+    assert spec.runs[1].overrides == ["train.strategy=frozen", "train.seed=2"]  # seed last: wins
+    assert spec.arms == {"a": ["a_s0", "a_s2"], "b": ["b"]}
+    assert spec.comparisons == [("a", "b")] and spec.hypotheses[0]["arm_a"] == "a"
+    steps = {s.key: s for s in study.plan(spec)}
+    # first_seed_only: the later seeds skip 30_check, unseeded arms keep it
+    assert list(steps) == ["10_prep", "a_s0/20_train", "a_s0/30_check", "a_s2/20_train",
+                           "b/20_train", "b/30_check", "90_summary"]
+    assert steps["90_summary"].upstream == ["a_s0/30_check", "a_s2/20_train", "b/30_check"]
+    params = steps["90_summary"].parameters
+    assert params["arms"] == {"a": ["a_s0", "a_s2"], "b": ["b"]}
+    assert params["runs"] == ["a_s0", "a_s2", "b"] and params["hypotheses"] == SEEDED["hypotheses"]
+    assert steps["a_s2/20_train"].config_hash != steps["a_s0/20_train"].config_hash  # other seed
+    assert study.main(["run", str(tmp_path / "configs/study_t.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "arm a: runs a_s0, a_s2" in out and "run   a_s2/20_train" in out
+
+
+def test_arm_names_select_all_their_seeds(tmp_path):
+    spec = study.load_spec(make_repo(tmp_path, SEEDED))
+    only = {s.key: s.action for s in study.plan(spec, only=["a"])}
+    assert only["a_s0/20_train"] == only["a_s2/20_train"] == "run" and only["b/20_train"] == "hold"
+    assert {s.key: s.action for s in study.plan(spec, only=["a_s2"])}["a_s0/20_train"] == "hold"
+    forced = study.plan(spec, study.Manifest(spec.manifest_path), force=["a"])
+    assert {s.key for s in forced if s.reason == "forced"} == {
+        "a_s0/20_train", "a_s0/30_check", "a_s2/20_train"}
+    # adding an arm leaves the other runs' hashes alone (`arms`, like `runs`, is not hashed)
+    before = {s.key: s.hashes for s in study.plan(spec)}
+    bigger = dict(SEEDED, runs=[*SEEDED["runs"], {"name": "c", "seeds": [1]}])
+    spec.path.write_text(yaml.safe_dump(bigger, sort_keys=False))
+    after = {s.key: s.hashes for s in study.plan(study.load_spec(spec.path))}
+    assert after["a_s2/20_train"] == before["a_s2/20_train"] and "c_s1/20_train" in after
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"runs": [{"name": "a", "seeds": [0, 0]}]}, "distinct integers"),
+    ({"runs": [{"name": "a", "seeds": []}]}, "non-empty"),
+    ({"runs": [{"name": "a", "seeds": ["x"]}]}, "integers"),
+    ({"runs": [{"name": "a", "seeds": [0]}, {"name": "a_s0"}]}, "used twice: a_s0"),
+    ({"runs": [{"name": "a", "seeds": [1]}, {"name": "a"}]}, "used twice: a"),
+    ({"first_seed_only": ["90_summary"]}, "not in per_run"),
+    ({"comparisons": [["a_s0", "b"]]}, "pair of run names"),
+    ({"hypotheses": [{"name": "H1", "arm_a": "a_s0", "arm_b": "b"}]}, "a_s0 is not an arm"),
+    ({"hypotheses": [{"name": "H1", "arm_a": "a", "arm_b": "b", "metrc": "x"}]}, "unknown"),
+    ({"hypotheses": [{"name": "H1", "arm_a": "a", "arm_b": "b", "direction": "up"}]}, "direction"),
+    ({"hypotheses": [{"name": "H", "arm_a": "a", "arm_b": "b"}] * 2}, "hypothesis name"),
+])
+def test_seed_and_hypothesis_spec_errors(tmp_path, change, message):
+    with pytest.raises(study.SpecError, match=message):
+        study.load_spec(make_repo(tmp_path, dict(SEEDED, **change)))
+
+
+def test_hypothesis_keys_match_the_reporting_dataclass():
+    import dataclasses
+
+    from rrglib.reporting import Hypothesis
+
+    assert set(study.HYPOTHESIS_KEYS) == {f.name for f in dataclasses.fields(Hypothesis)}
+
+
+def test_the_study_specs_load_with_their_plans():
+    for name in ("study_demo", "study_demo_full", "study_smoke"):
+        spec = study.load_spec(REPO / f"configs/{name}.yaml")
+        arms_in_plan = {h[k] for h in spec.hypotheses for k in ("arm_a", "arm_b")}
+        assert arms_in_plan <= set(spec.arms), name
+    full = study.load_spec(REPO / "configs/study_demo_full.yaml")
+    primary = {h["name"]: h for h in full.hypotheses if h.get("family", "primary") == "primary"}
+    for h in primary.values():  # every arm of a primary comparison has >= 3 seeds
+        assert len(full.arms[h["arm_a"]]) >= 3 and len(full.arms[h["arm_b"]]) >= 3, h["name"]
+    deranged = [r for r in full.runs if "data.image_pairing=deranged" in r.overrides]
+    assert {r.arm for r in deranged} == {"deranged_aux"} and len(deranged) == 3
+    assert full.results_dir.name == "demo_full"

@@ -13,6 +13,9 @@ import yaml
 from rrglib.study import load_spec, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
+# configs/study_smoke.yaml: three arms with seeds [0, 1]; the analyses run for seed 0 only
+ARMS = ("two_stage_aux", "frozen_aux", "deranged_aux")
+ANALYSES = ("40_attention", "50_calibration", "60_grounding")
 
 
 @pytest.fixture(scope="module")
@@ -43,41 +46,69 @@ def printed(nb: nbformat.NotebookNode) -> str:
 def test_every_step_finished_and_rendered(smoke_study):
     results = smoke_study / "results"
     steps = list(json.loads((results / "manifest.json").read_text())["steps"].values())
-    assert len(steps) == 2 + 2 * 5 + 1
+    assert len(steps) == 2 + len(ARMS) * (5 + 2) + 1
     assert all(s["status"] == "done" for s in steps)
     for nb in ["00_overview", "10_data", "90_summary"]:
         executed(results / f"{nb}.ipynb")
         assert (results / f"{nb}.html").is_file()
-    for run in ("two_stage_aux", "image_blind"):
-        for nb in ("20_train", "30_evaluate", "40_attention", "50_calibration", "60_grounding"):
-            executed(results / run / f"{nb}.ipynb")
+    for arm in ARMS:
+        for nb in ("20_train", "30_evaluate", *ANALYSES):
+            executed(results / f"{arm}_s0" / f"{nb}.ipynb")
+        for nb in ("20_train", "30_evaluate"):
+            executed(results / f"{arm}_s1" / f"{nb}.ipynb")
+        assert not any((results / f"{arm}_s1" / f"{nb}.ipynb").exists() for nb in ANALYSES)
 
 
 def test_values_recorded_by_the_notebooks(smoke_study):
     results = smoke_study / "results"
     # 30_evaluate prints how many test studies it scored: the study's max_test_samples
-    assert "8 test studies" in printed(executed(results / "two_stage_aux" / "30_evaluate.ipynb"))
-    summary = json.loads((results / "two_stage_aux" / "train_summary.json").read_text())
+    assert "8 test studies" in printed(executed(results / "two_stage_aux_s0" / "30_evaluate.ipynb"))
+    summary = json.loads((results / "two_stage_aux_s0" / "train_summary.json").read_text())
     assert summary["strategy"] == "two_stage" and summary["epochs_run"] == 2
-    config = yaml.safe_load((results / "image_blind" / "config.yaml").read_text())
-    assert config["model"]["image_blind"] is True and config["data"]["manifest"].endswith("manifest.csv")
-    metrics = json.loads((results / "two_stage_aux" / "eval-test" / "metrics.json").read_text())
+    for seed in (0, 1):  # the control: deranged image-report pairs, one derangement per seed
+        config = yaml.safe_load((results / f"deranged_aux_s{seed}" / "config.yaml").read_text())
+        assert config["data"]["image_pairing"] == "deranged" and config["train"]["seed"] == seed
+    assert config["data"]["manifest"].endswith("manifest.csv")
+    metrics = json.loads((results / "two_stage_aux_s0" / "eval-test" / "metrics.json").read_text())
     assert metrics["n"] == 8 and "F1-RB-14-micro" in metrics["ci95"]
-    grounding = pd.read_csv(results / "two_stage_aux" / "grounding" / "grounding.csv", index_col=0)
-    assert {"true", "blank", "shuffled", "drop blank", "drop shuffled"} <= set(grounding.columns)
-    attention = pd.read_csv(results / "two_stage_aux" / "attention_by_layer.csv")
+    grounding = pd.read_csv(results / "two_stage_aux_s0" / "grounding" / "grounding.csv", index_col=0)
+    assert {"true", "blank"} <= set(grounding.columns)
+    attention = pd.read_csv(results / "two_stage_aux_s0" / "attention_by_layer.csv")
     assert len(attention) == 2 and attention["mean"].between(0, 1).all()  # two layers in tiny-gpt2
-    calibration = json.loads((results / "two_stage_aux" / "calibration.json").read_text())
+    calibration = json.loads((results / "two_stage_aux_s0" / "calibration.json").read_text())
     assert 0 <= calibration["token"]["ece_width (T=1)"] <= 1 and calibration["token"]["temperature"] > 0
 
 
 def test_summary_tables(smoke_study):
     results = smoke_study / "results"
     table = pd.read_csv(results / "summary.csv", index_col=0)
-    assert {"two_stage_aux", "image_blind", "baseline: most_frequent", "baseline: retrieval"} <= set(table.index)
+    runs = {f"{arm}_s{seed}" for arm in ARMS for seed in (0, 1)}
+    assert runs | {"baseline: most_frequent", "baseline: retrieval"} <= set(table.index)
+    seeds = pd.read_csv(results / "seed_table.csv")
+    assert set(seeds["arm"]) == set(ARMS) and (seeds["seeds"] == 2).all()
+    assert seeds["F1-RB-13abn-micro" == seeds["metric"]]["mean ± sd"].str.contains("±").all()
+    # the pre-registered tests of the spec, Holm-adjusted within each family, full verdicts
+    claims = pd.read_csv(results / "claims.csv")
+    assert list(claims["hypothesis"]) == ["H1a", "H1b", "H2", "S1"]
+    assert (claims["p Holm"] >= claims["p"]).all() and claims["p Holm"].le(1).all()
+    from statsmodels.stats.multitest import multipletests
+
+    for _, family in claims.groupby("family"):
+        assert family["p Holm"].to_numpy() == pytest.approx(multipletests(family["p"], method="holm")[1])
+    assert claims["verdict"].isin(["supported", "contradicted", "not supported at this power"]).all()
+    assert claims["statement"].str.contains("Holm-adjusted p").all()
+    assert claims["detectable at 80%"].notna().all() and (claims["detectable at 80%"] >= 0).all()
+    paper = pd.read_csv(results / "paper_claims.csv")
+    assert paper.set_index("id").loc["C5", "verdict"].startswith("S1 ")  # C5 is tested by S1
+    per_finding = pd.read_csv(results / "per_finding.csv")
+    assert {"observation", "precision", "recall", "f1", "arm", "run"} <= set(per_finding.columns)
+    assert set(per_finding["run"]) == runs
     analyses = pd.read_csv(results / "analyses.csv", index_col=0)
-    assert {"F1-14 true", "attention share, first layer", "token ECE"} <= set(analyses.columns)
-    assert (results / "claims.csv").is_file() and (results / "attention_by_layer.png").is_file()
+    assert set(analyses.index) == set(ARMS) and "attention share, first layer" in analyses.columns
+    for figure in ("forest_primary.png", "training_curves.png"):
+        assert (results / figure).is_file(), figure
+    summary = printed(executed(results / "90_summary.ipynb"))
+    assert "no training log" not in summary and "not shown:" not in summary  # curves + real CXR
 
 
 def test_rendered_outputs_are_clean(smoke_study):
@@ -92,7 +123,7 @@ def test_rendered_outputs_are_clean(smoke_study):
         assert not warned, f"{path.name}: {warned[:3]}"
         assert str(ROOT) + "/" not in json.dumps(nb), f"{path}: an absolute path of this checkout"
         assert nb.metadata["papermill"]["input_path"].startswith("notebooks/")
-    html = (results / "two_stage_aux" / "20_train.html").read_text()
+    html = (results / "two_stage_aux_s0" / "20_train.html").read_text()
     assert "from rrglib" not in html and "run_work_dir" not in html  # no code, no parameters
     assert "Curves" in html and "<img" in html  # the narrative and the figure
     manifest = json.loads((results / "manifest.json").read_text())

@@ -17,7 +17,7 @@ from rrglib.labels import ABNORMAL, CHEXPERT_5, CHEXPERT_OBSERVATIONS, is_positi
 
 CONVENTIONS: dict[str, str] = {"": "positive or uncertain = 1", "-u0": "uncertain = 0"}
 SUBSETS = {"14": CHEXPERT_OBSERVATIONS, "13abn": ABNORMAL, "5": CHEXPERT_5}
-# The study's pre-registered primary metric (DESIGN.md "Study design").
+# The study's pre-registered primary metric (see the analysis plan in configs/study_demo_full.yaml).
 PRIMARY_METRIC = "F1-RB-13abn-micro"
 
 

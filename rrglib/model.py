@@ -29,12 +29,12 @@ IGNORE_INDEX = -100
 
 
 class FindingHead(nn.Module):
-    """Auxiliary multi-label head on the pooled soft prompts.
+    """Auxiliary multi-label head on the pooled soft prompts: this project's ablation, not the paper's.
 
-    This project's ablation, not part of the paper: with `model.aux_loss_weight > 0` the mapper
-    also learns to predict the 14 findings from the prompts (0, the default, is the paper's model).
-    The normalisation (BatchNorm without affine parameters) matters: the image-dependent part of
-    the prompts is a few percent of their norm, and an unnormalised head cannot see it.
+    With `model.aux_loss_weight > 0` the mapper also learns to predict the 14 findings from the
+    prompts (0, the default, is the paper's model). The normalisation (BatchNorm without affine
+    parameters) matters: the image-dependent part of the prompts is a few percent of their norm,
+    and an unnormalised head cannot see it.
     """
 
     def __init__(self, dim: int, num_labels: int, norm: str = "batch"):
@@ -95,11 +95,9 @@ def require_attentions(attentions: Any) -> None:
     """Raise if generation returned no attention weights (non-eager attention)."""
     # transformers 5.x with SDPA returns one *empty* tuple per step (Llama warns, GPT-2 does not)
     if not attentions or any(not layers or any(w is None for w in layers) for layers in attentions):
-        raise RuntimeError(
-            "the language model returned no attention weights: only eager attention returns them "
-            "(SDPA and flash attention silently return nothing). Build the model with "
-            "`model.llm.attn_implementation: eager` in the run's YAML for attention analyses."
-        )
+        raise RuntimeError("the language model returned no attention weights: only eager attention "
+                           "returns them (SDPA and flash attention silently return nothing). Build the model "
+                           "with `model.llm.attn_implementation: eager` in the run's YAML for attention analyses.")
 
 
 def check_decoding(num_beams: int, max_new_tokens: int, do_sample: bool, temperature: float) -> None:
@@ -193,11 +191,9 @@ class ReportGenerator(nn.Module):
         """Images (B, 3, H, W), already normalised -> encoder tokens (B, N, C)."""
         size = self.cfg.encoder.image_size
         if tuple(images.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"images are {images.shape[-2]}x{images.shape[-1]} px but this model was built for "
-                f"model.encoder.image_size={size}: load the images at {size} px (the mapper's "
-                "positions are learned for that grid, so a trained model cannot change its size)"
-            )
+            raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]} px but this model was built "
+                             f"for model.encoder.image_size={size}: load the images at {size} px (the "
+                             "mapper's positions are learned for that grid: a trained model cannot change it)")
         if self.cfg.image_blind:
             images = torch.zeros_like(images)  # the control sees the same constant for every study
         return self.encoder(images)
@@ -281,13 +277,10 @@ class ReportGenerator(nn.Module):
         if do_sample:
             decoding["temperature"] = temperature  # passed only when sampling: HF warns otherwise
         out = self.llm.generate(
-            inputs_embeds=embeds,
-            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
+            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
             max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            return_dict_in_generate=True, output_scores=True, output_attentions=output_attentions,
-            **decoding,
-        )
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, return_dict_in_generate=True,
+            output_scores=True, output_attentions=output_attentions, **decoding)
         if output_attentions:
             require_attentions(out.attentions)
         seqs = out.sequences  # with inputs_embeds only, generate returns the new tokens alone
@@ -296,16 +289,14 @@ class ReportGenerator(nn.Module):
                                                    normalize_logits=True)
         token_ids, logprobs = [], []
         for row_ids, row_lp in zip(seqs.tolist(), steps.float().tolist(), strict=True):
-            ids, lps = [], []
-            for tid, lp in zip(row_ids, row_lp, strict=False):
-                if tid == tok.pad_token_id and tid != tok.eos_token_id:
+            # a row ends with its eos (kept) or, when pad is another token, before its first pad
+            n = len(row_lp)
+            for j, t in enumerate(row_ids[:n]):
+                if t in (tok.eos_token_id, tok.pad_token_id):
+                    n = j + (t == tok.eos_token_id)
                     break
-                ids.append(tid)
-                lps.append(lp if math.isfinite(lp) else float("-inf"))
-                if tid == tok.eos_token_id:
-                    break
-            token_ids.append(ids)
-            logprobs.append(lps)
+            token_ids.append(row_ids[:n])
+            logprobs.append([lp if math.isfinite(lp) else float("-inf") for lp in row_lp[:n]])
         return Generation(texts, token_ids, logprobs, out.attentions if output_attentions else None)
 
     # -- persistence ---------------------------------------------------------------------
@@ -332,8 +323,8 @@ class ReportGenerator(nn.Module):
         from peft import load_peft_weights, set_peft_model_state_dict
 
         path = Path(path)
-        cfg_file, heads_file, enc_file = (path / n for n in
-                                          ("model_config.yaml", "mapper.safetensors", "encoder.safetensors"))
+        cfg_file, heads_file = path / "model_config.yaml", path / "mapper.safetensors"
+        enc_file = path / "encoder.safetensors"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file} not found: {path} is not a saved ReportGenerator")
         cfg = RunConfig.from_dict({"model": yaml.safe_load(cfg_file.read_text())}, source=str(cfg_file)).model
@@ -360,12 +351,10 @@ class ReportGenerator(nn.Module):
             getattr(self, name).load_state_dict(state, strict=True)
         except RuntimeError as exc:
             enc = self.cfg.encoder
-            raise ValueError(
-                f"{source}: the saved {name} does not fit the model built from the config "
-                f"(encoder {enc.name!r} at {enc.image_size} px, LLM {self.cfg.llm.name!r}): it was "
-                "trained with another encoder, LLM or mapper size. Load the run with its own "
-                f"config.yaml, or train a new run for this config. ({str(exc).splitlines()[0]})"
-            ) from exc
+            raise ValueError(f"{source}: the saved {name} does not fit the model built from the config (encoder "
+                             f"{enc.name!r} at {enc.image_size} px, LLM {self.cfg.llm.name!r}): it was trained "
+                             "with another encoder, LLM or mapper size. Load the run with its own config.yaml, "
+                             f"or train a new run for this config. ({str(exc).splitlines()[0]})") from exc
 
     def trainable_parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per part (encoder, mapper, lora, aux_head)."""

@@ -178,39 +178,26 @@ def mention_spans(text: str, observation: str, asserted: Sequence[float] = (1.0,
     return spans
 
 
-def token_offsets(text: str, tokenizer: Any, token_ids: Sequence[int] | None, n_logprobs: int) -> list[tuple[int, int]]:
-    """Character range in `text` of each generated token: exact from `token_ids`, else re-tokenised."""
-    # `generate` strips the decoded text, so offsets shift by the leading space it removed
-    if token_ids is not None:
-        offsets, prev = [], 0
-        full = tokenizer.decode(list(token_ids), skip_special_tokens=True)
-        lead = len(full) - len(full.lstrip())
-        for k in range(1, len(token_ids) + 1):
-            end = len(tokenizer.decode(list(token_ids[:k]), skip_special_tokens=True))
-            offsets.append((max(prev - lead, 0), max(end - lead, 0)))
-            prev = end
-        return offsets
-    # byte-level BPE tokenises "Small" and " Small" differently: try the text with that space too
-    candidates = []
-    for lead in (0, 1):
-        enc = tokenizer(" " * lead + text, add_special_tokens=False, return_offsets_mapping=True)
-        candidates.append([(max(a - lead, 0), max(b - lead, 0)) for a, b in enc["offset_mapping"]])
-        if n_logprobs in (len(candidates[-1]), len(candidates[-1]) + 1):
-            return candidates[-1]
-    return candidates[0]
+def token_offsets(text: str, tokenizer: Any, token_ids: Sequence[int]) -> list[tuple[int, int]]:
+    """Character range in `text` of each generated token, by decoding growing prefixes of its ids."""
+    # `generate` strips the decoded text: shift by the leading space it removed
+    full = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    lead = len(full) - len(full.lstrip())
+    ends = [max(len(tokenizer.decode(list(token_ids[:k]), skip_special_tokens=True)) - lead, 0)
+            for k in range(1, len(token_ids) + 1)]
+    return list(zip([0, *ends[:-1]], ends, strict=True))
 
 
 def finding_confidence(texts: Sequence[str], logprobs: Sequence[Sequence[float]], tokenizer: Any,
-                       references: Sequence[str], token_ids: Sequence[Sequence[int]] | None = None,
+                       references: Sequence[str], token_ids: Sequence[Sequence[int]],
                        uncertain_positive: bool = True) -> pd.DataFrame:
     """Confidence of each stated finding and whether the reference agrees.
 
     For each observation a generated report states (positive, or uncertain with
     `uncertain_positive`, the CE convention): confidence = exp(mean log-prob) of the tokens that
     overlap its asserted mentions (`mention_spans`); correct = the reference states it too, so
-    the mean of `correct` is the precision of stated findings. No Finding has no mention. Tokens
-    are located exactly from `token_ids` (the generated ids) or by re-tokenising; `logprobs`
-    (from `generate`) may end with an eos. A report whose tokens do not align gets NaN.
+    the mean of `correct` is the precision of stated findings. No Finding has no mention.
+    `token_ids` and `logprobs` are `generate`'s; a report whose two do not align gets NaN.
     Returns rows (sample, observation, value, confidence, n_tokens, correct).
     """
     if not len(texts) == len(logprobs) == len(references):
@@ -223,7 +210,7 @@ def finding_confidence(texts: Sequence[str], logprobs: Sequence[Sequence[float]]
         stated = [o for o in findings if gen.at[i, o] in asserted]
         if not stated:
             continue
-        offsets = token_offsets(text, tokenizer, None if token_ids is None else token_ids[i], len(lps))
+        offsets = token_offsets(text, tokenizer, token_ids[i])
         aligned = len(lps) in (len(offsets), len(offsets) + 1)
         misaligned += not aligned
         for obs in stated:
@@ -233,9 +220,8 @@ def finding_confidence(texts: Sequence[str], logprobs: Sequence[Sequence[float]]
                          "confidence": math.exp(float(np.mean(lp))) if lp else float("nan"),
                          "n_tokens": len(lp), "correct": bool(ref.at[i, obs] in asserted)})
     if misaligned:
-        warnings.warn(f"{misaligned} report(s): re-tokenised text does not match the number of log-probs; "
-                      "their findings get NaN confidence. Pass the generated `token_ids` for exact alignment.",
-                      stacklevel=2)
+        warnings.warn(f"{misaligned} report(s): token_ids and logprobs differ in length (not from one "
+                      "`generate` call?); their findings get NaN confidence.", stacklevel=2)
     return pd.DataFrame(rows, columns=["sample", "observation", "value", "confidence", "n_tokens", "correct"])
 
 

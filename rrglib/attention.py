@@ -35,11 +35,8 @@ def as_numpy(x: ArrayLike) -> np.ndarray:
 
 def prompt_attention_share(weights: Sequence[ArrayLike], num_prompts: int,
                            attention_mask: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer attention (B, H, q, L) -> (share, normalised share), each (layers, B, H, q).
-
-    Queries are the last q of L positions (as with a KV cache); `attention_mask` (B, >= L) marks
-    padding with 0. A query with nothing to attend to gets NaN.
-    """
+    """Per-layer attention (B, H, q, L) -> (share, normalised share), each (layers, B, H, q). Queries
+    are the last q of L positions (KV cache); `attention_mask` (B, >= L) marks padding with 0."""
     shares, norms = [], []
     for w in weights:
         w = as_numpy(w)
@@ -60,10 +57,7 @@ def prompt_attention_share(weights: Sequence[ArrayLike], num_prompts: int,
 def generation_prompt_share(step_attentions: Sequence[Sequence[ArrayLike]], num_prompts: int,
                             attention_mask: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`generate(output_attentions=True).attentions` -> (share, normalised), each (steps, layers, B, H).
-
-    Step s is the forward pass that chooses generated token s; its query is the last position
-    (step 0 is the prefill over the whole prefix, whose last row predicts the first token).
-    """
+    Step s chooses generated token s; its query is the last position (step 0: the prefill's last row)."""
     steps = [prompt_attention_share([as_numpy(w)[:, :, -1:, :] for w in layers], num_prompts, attention_mask)
              for layers in step_attentions]
     return np.stack([s[..., 0] for s, _ in steps]), np.stack([n[..., 0] for _, n in steps])
@@ -72,10 +66,7 @@ def generation_prompt_share(step_attentions: Sequence[Sequence[ArrayLike]], num_
 def attention_frame(share: np.ndarray, normalised: np.ndarray, valid: np.ndarray | None = None,
                     sample_offset: int = 0) -> pd.DataFrame:
     """(steps, layers, B, H) arrays -> tidy rows (sample, step, layer, depth, head, share, normalised_share).
-
-    `valid` (steps, B) drops steps after a sample finished; depth = layer / (layers - 1), so
-    models of different size can share one axis.
-    """
+    `valid` (steps, B) drops steps after a sample ended; depth = layer / (layers - 1) spans model sizes."""
     steps, layers, b, h = share.shape
     grid = np.meshgrid(np.arange(steps), np.arange(layers), np.arange(b), np.arange(h), indexing="ij")
     keep = np.ones(share.shape, bool) if valid is None else np.broadcast_to(valid[:, None, :, None], share.shape)
@@ -95,11 +86,8 @@ def attention_frame(share: np.ndarray, normalised: np.ndarray, valid: np.ndarray
 def prompt_attention(model: ReportGenerator, images: torch.Tensor | None = None,
                      features: torch.Tensor | None = None, max_new_tokens: int = 60,
                      batch_size: int = 8, mixed_precision: str = "no") -> pd.DataFrame:
-    """Greedy generation with attention maps -> tidy `attention_frame` over all samples.
-
-    Needs `model.llm.attn_implementation: eager`. Steps after a sample's eos are dropped. Runs
-    on the model's device under `mixed_precision` (the run's `train.mixed_precision`).
-    """
+    """Greedy generation with attention maps (eager attention only) -> `attention_frame` over all
+    samples, without the steps after each eos; on the model's device under `mixed_precision`."""
     source = images if features is None else features
     if source is None:
         raise ValueError("pass images or cached encoder features")
@@ -126,11 +114,8 @@ def prompt_attention(model: ReportGenerator, images: torch.Tensor | None = None,
 
 def summarise_prompt_attention(frame: pd.DataFrame, by: Sequence[str] = ("layer",),
                                value: str = "share") -> pd.DataFrame:
-    """Mean over samples and steps per head, then mean/std/min/max over heads for each `by` group.
-
-    With by=("layer",) the spread is over that layer's heads; with by=("step",) over all heads of
-    all layers.
-    """
+    """Mean over samples and steps per head, then mean/std/min/max over heads for each `by` group
+    (by layer: over that layer's heads; by step: over all heads of all layers)."""
     by = list(by)
     units = list(dict.fromkeys(by + ["layer", "head"]))
     per_head = frame.groupby(units, observed=True)[value].mean().reset_index()

@@ -116,12 +116,9 @@ def report_batches(model: ReportGenerator, dataset: ReportDataset, batch_size: i
 @torch.no_grad()
 def token_calibration(model: ReportGenerator, batches: Iterable[Mapping[str, Any]], temperature: float = 1.0,
                       max_logit_tokens: int = 2048, mixed_precision: str = "no") -> TokenCalibration:
-    """Confidence and correctness of every reference token under teacher forcing.
-
-    `batches` are model-ready dicts (report_input_ids, report_attention_mask, images or features).
-    Raw logits are kept (float16) for the first `max_logit_tokens` tokens only, to fit T on: a
-    50k vocabulary makes keeping all of them too costly. Fit T on validation, rerun on test.
-    """
+    """Confidence and correctness of every reference token of model-ready `batches` under teacher
+    forcing. Logits are kept (float16) for the first `max_logit_tokens` tokens only, to fit T on
+    (all of them, at a 50k vocabulary, cost too much): fit T on validation, rerun on test."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -191,14 +188,12 @@ def token_offsets(text: str, tokenizer: Any, token_ids: Sequence[int]) -> list[t
 def finding_confidence(texts: Sequence[str], logprobs: Sequence[Sequence[float]], tokenizer: Any,
                        references: Sequence[str], token_ids: Sequence[Sequence[int]],
                        uncertain_positive: bool = True) -> pd.DataFrame:
-    """Confidence of each stated finding and whether the reference agrees.
+    """Rows (sample, observation, value, confidence, n_tokens, correct), one per finding a generated
+    report states (positive, or uncertain with `uncertain_positive`: the CE convention).
 
-    For each observation a generated report states (positive, or uncertain with
-    `uncertain_positive`, the CE convention): confidence = exp(mean log-prob) of the tokens that
-    overlap its asserted mentions (`mention_spans`); correct = the reference states it too, so
-    the mean of `correct` is the precision of stated findings. No Finding has no mention.
+    confidence = exp(mean log-prob) of the tokens overlapping its asserted mentions (`mention_spans`);
+    correct = the reference states it too, so mean(correct) is the precision of stated findings.
     `token_ids` and `logprobs` are `generate`'s; a report whose two do not align gets NaN.
-    Returns rows (sample, observation, value, confidence, n_tokens, correct).
     """
     if not len(texts) == len(logprobs) == len(references):
         raise ValueError(f"{len(texts)} texts, {len(logprobs)} logprob lists, {len(references)} references")

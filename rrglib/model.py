@@ -70,12 +70,9 @@ class GeneratorOutput:
 
 @dataclass
 class Generation:
-    """What `ReportGenerator.generate` returns, whatever the options.
-
-    `token_ids[i]`: report i's generated ids up to and including eos; `logprobs[i]`: each one's
-    log-probability under the decoding distribution. `attentions` (with `output_attentions`):
-    per step, per layer, (B, H, q, L) weights; step 0 is the prefill over the prefix.
-    """
+    """What `ReportGenerator.generate` returns, whatever the options. `token_ids[i]`: report i's ids
+    up to and including eos, `logprobs[i]` theirs; `attentions`: per step (0 = the prefill over the
+    prefix), per layer, (B, H, q, L) weights, with `output_attentions` only."""
 
     texts: list[str]
     token_ids: list[list[int]]
@@ -208,11 +205,8 @@ class ReportGenerator(nn.Module):
         return self.mapper(features)
 
     def tokenize_reports(self, reports: list[str]) -> dict[str, torch.Tensor]:
-        """Report strings -> right-padded ids ending in eos, at most max_report_tokens long.
-
-        A report longer than that is cut and gets *no* eos (the model must not learn to stop
-        mid-report); `truncated` (B,) marks those rows so training can count them.
-        """
+        """Report strings -> right-padded ids ending in eos, at most max_report_tokens long. A longer
+        report is cut with *no* eos (the model must not learn to stop mid-report), marked in `truncated`."""
         tok, limit = self.tokenizer, self.cfg.llm.max_report_tokens
         rows, cut = [], []
         for ids in tok(list(reports), add_special_tokens=False)["input_ids"]:
@@ -266,11 +260,8 @@ class ReportGenerator(nn.Module):
                  max_new_tokens: int = 100, num_beams: int = 1, do_sample: bool = False,
                  temperature: float = 1.0, output_attentions: bool = False,
                  **decoding: Any) -> Generation:
-        """Generate one report per image (or row of cached features).
-
-        Takes the fields of `GenerationConfig` as keywords (`**asdict(cfg.generation)`); other
-        keywords go to Hugging Face `generate`. `output_attentions` needs eager attention.
-        """
+        """One report per image (or row of cached features); takes `**asdict(cfg.generation)`, other
+        keywords go to Hugging Face `generate`. `output_attentions` needs eager attention."""
         check_decoding(num_beams, max_new_tokens, do_sample, temperature)
         embeds = self.prefix_embeds(self.visual_prompts(images, features))
         tok = self.tokenizer

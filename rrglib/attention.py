@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 
 from rrglib.devices import autocast
-from rrglib.model import require_attentions
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -34,14 +33,10 @@ def as_numpy(x: ArrayLike) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
 
 
-def prompt_attention_share(
-    weights: Sequence[ArrayLike], num_prompts: int, attention_mask: ArrayLike | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-layer attention (B, H, q, L) -> (share, normalised share), each (layers, B, H, q).
-
-    Queries are the last q of L positions (as with a KV cache); `attention_mask` (B, >= L) marks
-    padding with 0. A query with nothing to attend to gets NaN.
-    """
+def prompt_attention_share(weights: Sequence[ArrayLike], num_prompts: int,
+                           attention_mask: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-layer attention (B, H, q, L) -> (share, normalised share), each (layers, B, H, q). Queries
+    are the last q of L positions (KV cache); `attention_mask` (B, >= L) marks padding with 0."""
     shares, norms = [], []
     for w in weights:
         w = as_numpy(w)
@@ -50,8 +45,7 @@ def prompt_attention_share(
         # query j sits at position length - q + j and (causal) sees positions 0 .. that position
         cum = np.cumsum(mask, axis=1)
         seen = cum[:, length - q :]  # (B, q) unmasked positions visible to each query
-        pos = np.minimum(np.arange(length - q, length), num_prompts - 1)
-        prompts_visible = cum[:, pos]  # unmasked prompt positions visible to each query
+        prompts_visible = cum[:, np.minimum(np.arange(length - q, length), num_prompts - 1)]
         with np.errstate(divide="ignore", invalid="ignore"):
             expected = np.where(seen > 0, prompts_visible / seen, np.nan)  # (B, q)
             share = w[..., :num_prompts].sum(-1)  # (B, H, q)
@@ -60,37 +54,19 @@ def prompt_attention_share(
     return np.stack(shares), np.stack(norms)
 
 
-def generation_prompt_share(
-    step_attentions: Sequence[Sequence[ArrayLike]], num_prompts: int, attention_mask: ArrayLike | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def generation_prompt_share(step_attentions: Sequence[Sequence[ArrayLike]], num_prompts: int,
+                            attention_mask: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`generate(output_attentions=True).attentions` -> (share, normalised), each (steps, layers, B, H).
-
-    Step s is the forward pass that chooses generated token s; its query is the last position
-    (step 0 is the prefill over the whole prefix, whose last row predicts the first token).
-    """
-    require_attentions(step_attentions)
-    shares, norms = [], []
-    for layers in step_attentions:
-        last = [as_numpy(w)[:, :, -1:, :] for w in layers]
-        s, n = prompt_attention_share(last, num_prompts, attention_mask)
-        shares.append(s[..., 0])
-        norms.append(n[..., 0])
-    return np.stack(shares), np.stack(norms)
+    Step s chooses generated token s; its query is the last position (step 0: the prefill's last row)."""
+    steps = [prompt_attention_share([as_numpy(w)[:, :, -1:, :] for w in layers], num_prompts, attention_mask)
+             for layers in step_attentions]
+    return np.stack([s[..., 0] for s, _ in steps]), np.stack([n[..., 0] for _, n in steps])
 
 
-def head_spread(share: np.ndarray, axis: int = -1) -> dict[str, np.ndarray]:
-    """Mean, std, min and max over the heads axis."""
-    return {"mean": share.mean(axis), "std": share.std(axis), "min": share.min(axis), "max": share.max(axis)}
-
-
-def attention_frame(
-    share: np.ndarray, normalised: np.ndarray, valid: np.ndarray | None = None, sample_offset: int = 0
-) -> pd.DataFrame:
+def attention_frame(share: np.ndarray, normalised: np.ndarray, valid: np.ndarray | None = None,
+                    sample_offset: int = 0) -> pd.DataFrame:
     """(steps, layers, B, H) arrays -> tidy rows (sample, step, layer, depth, head, share, normalised_share).
-
-    `valid` (steps, B) drops steps after a sample finished; depth = layer / (layers - 1), so
-    models of different size can share one axis.
-    """
+    `valid` (steps, B) drops steps after a sample ended; depth = layer / (layers - 1) spans model sizes."""
     steps, layers, b, h = share.shape
     grid = np.meshgrid(np.arange(steps), np.arange(layers), np.arange(b), np.arange(h), indexing="ij")
     keep = np.ones(share.shape, bool) if valid is None else np.broadcast_to(valid[:, None, :, None], share.shape)
@@ -107,19 +83,11 @@ def attention_frame(
 
 
 @torch.no_grad()
-def prompt_attention(
-    model: ReportGenerator,
-    images: torch.Tensor | None = None,
-    features: torch.Tensor | None = None,
-    max_new_tokens: int = 60,
-    batch_size: int = 8,
-    mixed_precision: str = "no",
-) -> pd.DataFrame:
-    """Greedy generation with attention maps -> tidy `attention_frame` over all samples.
-
-    Needs `model.llm.attn_implementation: eager`. Steps after a sample's eos are dropped. Runs
-    on the model's device under `mixed_precision` (the run's `train.mixed_precision`).
-    """
+def prompt_attention(model: ReportGenerator, images: torch.Tensor | None = None,
+                     features: torch.Tensor | None = None, max_new_tokens: int = 60,
+                     batch_size: int = 8, mixed_precision: str = "no") -> pd.DataFrame:
+    """Greedy generation with attention maps (eager attention only) -> `attention_frame` over all
+    samples, without the steps after each eos; on the model's device under `mixed_precision`."""
     source = images if features is None else features
     if source is None:
         raise ValueError("pass images or cached encoder features")
@@ -144,14 +112,10 @@ def prompt_attention(
     return frame.sort_values(["sample", "step", "layer", "head"], kind="stable", ignore_index=True)
 
 
-def summarise_prompt_attention(
-    frame: pd.DataFrame, by: Sequence[str] = ("layer",), value: str = "share"
-) -> pd.DataFrame:
-    """Mean over samples and steps per head, then mean/std/min/max over heads for each `by` group.
-
-    With by=("layer",) the spread is over that layer's heads; with by=("step",) over all heads of
-    all layers.
-    """
+def summarise_prompt_attention(frame: pd.DataFrame, by: Sequence[str] = ("layer",),
+                               value: str = "share") -> pd.DataFrame:
+    """Mean over samples and steps per head, then mean/std/min/max over heads for each `by` group
+    (by layer: over that layer's heads; by step: over all heads of all layers)."""
     by = list(by)
     units = list(dict.fromkeys(by + ["layer", "head"]))
     per_head = frame.groupby(units, observed=True)[value].mean().reset_index()
@@ -163,54 +127,37 @@ def summarise_prompt_attention(
     return out
 
 
-def _frames(frames: pd.DataFrame | Mapping[str, pd.DataFrame]) -> Mapping[str, pd.DataFrame]:
-    return {"": frames} if isinstance(frames, pd.DataFrame) else frames
-
-
-def plot_share_by_layer(
-    frames: pd.DataFrame | Mapping[str, pd.DataFrame],
-    normalised: bool = False,
-    x: str = "depth",
-    band: str = "minmax",
-    ax: Any = None,
-) -> Figure:
-    """Prompt attention share by layer, one line per model/strategy, band = spread over heads."""
+def plot_share(frames: pd.DataFrame | Mapping[str, pd.DataFrame], by: str, normalised: bool = False,
+               x: str | None = None, band: str = "std", ax: Any = None, **line: Any) -> Figure:
+    """Prompt attention share per `by` group ("layer" or "step"), one line per named frame; the band
+    is the spread over heads (`band` "minmax" or "std")."""
     import matplotlib.pyplot as plt
 
     value = "normalised_share" if normalised else "share"
+    frames = {"": frames} if isinstance(frames, pd.DataFrame) else frames
     fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
-    for name, frame in _frames(frames).items():
-        s = summarise_prompt_attention(frame, ("layer",), value)
-        xs = s[x] if x in s else s["layer"]
-        (line,) = ax.plot(xs, s["mean"], marker="o", label=name or None)
+    for name, frame in frames.items():
+        s = summarise_prompt_attention(frame, (by,), value)
+        xs = s[x] if x in s else s[by]
+        (curve,) = ax.plot(xs, s["mean"], label=name or None, **line)
         lo, hi = (s["min"], s["max"]) if band == "minmax" else (s["mean"] - s["std"], s["mean"] + s["std"])
-        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.fill_between(xs, lo, hi, color=curve.get_color(), alpha=0.2, linewidth=0)
     if normalised:
         ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
-    ax.set_xlabel("relative depth (layer / last layer)" if x == "depth" else "layer")
+    ax.set_xlabel({"depth": "relative depth (layer / last layer)", "step": "generation step"}.get(x or by, by))
     ax.set_ylabel(("normalised " if normalised else "") + "attention share on visual prompts")
-    if any(_frames(frames)):
+    if any(frames):
         ax.legend()
     return fig
 
 
-def plot_share_over_steps(
-    frames: pd.DataFrame | Mapping[str, pd.DataFrame], normalised: bool = False, ax: Any = None
-) -> Figure:
-    """Prompt attention share over generation steps (mean over layers and heads, band over heads)."""
-    import matplotlib.pyplot as plt
+def plot_share_by_layer(frames: pd.DataFrame | Mapping[str, pd.DataFrame], normalised: bool = False,
+                        x: str = "depth", band: str = "minmax", ax: Any = None) -> Figure:
+    """Prompt attention share by layer (x: "depth" or "layer"), band = spread over heads."""
+    return plot_share(frames, "layer", normalised, x, band, ax, marker="o")
 
-    value = "normalised_share" if normalised else "share"
-    fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
-    for name, frame in _frames(frames).items():
-        s = summarise_prompt_attention(frame, ("step",), value)
-        (line,) = ax.plot(s["step"], s["mean"], label=name or None)
-        ax.fill_between(s["step"], s["mean"] - s["std"], s["mean"] + s["std"],
-                        color=line.get_color(), alpha=0.2, linewidth=0)  # fmt: skip
-    if normalised:
-        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
-    ax.set_xlabel("generation step")
-    ax.set_ylabel(("normalised " if normalised else "") + "attention share on visual prompts")
-    if any(_frames(frames)):
-        ax.legend()
-    return fig
+
+def plot_share_over_steps(frames: pd.DataFrame | Mapping[str, pd.DataFrame], normalised: bool = False,
+                          ax: Any = None) -> Figure:
+    """Prompt attention share over generation steps (mean over layers and heads, band: std over heads)."""
+    return plot_share(frames, "step", normalised, ax=ax)

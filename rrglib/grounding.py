@@ -12,21 +12,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-
-from rrglib.data import derangement
 
 
-def shuffle_images(images: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Each study gets another study's image (or cached features): a seeded derangement."""
-    return images[torch.as_tensor(derangement(len(images), seed), device=images.device)]
-
-
-def grounding_table(
-    results: Mapping[str, Mapping[str, Any]],
-    reference: str = "real",
-    metrics: Sequence[str] | None = None,
-) -> pd.DataFrame:
+def grounding_table(results: Mapping[str, Mapping[str, Any]], reference: str = "real",
+                    metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """Metrics per input condition (real, blank, shuffled image ...) and each one's drop from
     `reference`. Values are CE metric dicts (`clinical_efficacy`'s scores or `score_reports`'s
     output); default metrics: every F1 the reference condition has."""
@@ -35,7 +24,7 @@ def grounding_table(
         raise KeyError(f"reference condition {reference!r} not in results ({sorted(flat)})")
     names = list(metrics) if metrics is not None else [m for m in flat[reference] if m.startswith("F1-")]
     table = pd.DataFrame({c: [float(v.get(m, np.nan)) for m in names] for c, v in flat.items()},
-                         index=pd.Index(names, name="metric"))  # fmt: skip
+                         index=pd.Index(names, name="metric"))
     for c in flat:
         if c != reference:
             table[f"drop {c}"] = table[reference] - table[c]

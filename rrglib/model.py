@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +29,20 @@ IGNORE_INDEX = -100
 
 
 class FindingHead(nn.Module):
-    """Auxiliary multi-label head on the pooled soft prompts.
+    """Auxiliary multi-label head on the pooled soft prompts: this project's ablation, not the paper's.
 
-    This project's ablation, not part of the paper: with `model.aux_loss_weight > 0` the mapper
-    also learns to predict the 14 findings from the prompts (0, the default, is the paper's model).
-    The normalisation (BatchNorm without affine parameters) matters: the image-dependent part of
-    the prompts is a few percent of their norm, and an unnormalised head cannot see it.
+    With `model.aux_loss_weight > 0` the mapper also learns to predict the 14 findings from the
+    prompts (0, the default, is the paper's model). The normalisation (BatchNorm without affine
+    parameters) matters: the image-dependent part of the prompts is a few percent of their norm,
+    and an unnormalised head cannot see it.
     """
 
     def __init__(self, dim: int, num_labels: int, norm: str = "batch"):
         super().__init__()
         if norm not in ("batch", "layer"):
             raise ValueError(f"model.aux_norm must be 'batch' or 'layer', got {norm!r}")
-        self.norm = nn.BatchNorm1d(dim, affine=False) if norm == "batch" else nn.LayerNorm(dim, elementwise_affine=False)
+        self.norm = (nn.BatchNorm1d(dim, affine=False) if norm == "batch"
+                     else nn.LayerNorm(dim, elementwise_affine=False))
         self.linear = nn.Linear(dim, num_labels)
 
     def forward(self, prompts: torch.Tensor) -> torch.Tensor:
@@ -48,12 +50,10 @@ class FindingHead(nn.Module):
 
     @torch.no_grad()
     def init_prior(self, targets: torch.Tensor, eps: float = 1e-3) -> None:
-        """Start each label's bias at the log-odds of its training prevalence.
-
-        From a zero bias, Adam moves it by about the learning rate per step, so a label at 5%
-        prevalence needs thousands of steps before the head can learn anything but the base
-        rate; short runs never get there (aux F1 0.35 vs 0.61 after 80 steps, measured).
-        """
+        """Start each label's bias at the log-odds of its training prevalence."""
+        # From a zero bias Adam moves it by about the learning rate per step: a label at 5%
+        # prevalence needs thousands of steps before the head learns more than the base rate
+        # (aux F1 0.35 vs 0.61 after 80 steps, measured).
         prevalence = targets.float().mean(dim=0).clamp(eps, 1 - eps)
         self.linear.bias.copy_(torch.log(prevalence / (1 - prevalence)))
 
@@ -70,13 +70,9 @@ class GeneratorOutput:
 
 @dataclass
 class Generation:
-    """What `ReportGenerator.generate` returns, whatever the options.
-
-    `token_ids[i]` are report i's generated ids up to and including eos, `logprobs[i]` each one's
-    log-probability under the decoding distribution (after temperature, if sampling).
-    `attentions` (with `output_attentions=True`): per generation step, per layer, (B, H, q, L)
-    weights; step 0 is the prefill over the prefix.
-    """
+    """What `ReportGenerator.generate` returns, whatever the options. `token_ids[i]`: report i's ids
+    up to and including eos, `logprobs[i]` theirs; `attentions`: per step (0 = the prefill over the
+    prefix), per layer, (B, H, q, L) weights, with `output_attentions` only."""
 
     texts: list[str]
     token_ids: list[list[int]]
@@ -88,28 +84,17 @@ class Generation:
 
 
 def finding_targets(labels: torch.Tensor) -> torch.Tensor:
-    """CheXpert values -> binary targets: positive or uncertain = 1; negative or not mentioned = 0.
-
-    The tensor form of `rrglib.metrics.clinical.binarize(..., uncertain_positive=True)`, the
-    evaluation convention (a test keeps the two equal).
-    """
+    """CheXpert values -> binary targets (positive or uncertain = 1), the evaluation convention."""
     return is_positive(labels).float()
 
 
 def require_attentions(attentions: Any) -> None:
     """Raise if generation returned no attention weights (non-eager attention)."""
     # transformers 5.x with SDPA returns one *empty* tuple per step (Llama warns, GPT-2 does not)
-    missing = (
-        not attentions
-        or any(not layers for layers in attentions)
-        or any(w is None for layers in attentions for w in layers)
-    )
-    if missing:
-        raise RuntimeError(
-            "the language model returned no attention weights: only eager attention returns them "
-            "(SDPA and flash attention silently return nothing). Build the model with "
-            "`model.llm.attn_implementation: eager` in the run's YAML for attention analyses."
-        )
+    if not attentions or any(not layers or any(w is None for w in layers) for layers in attentions):
+        raise RuntimeError("the language model returned no attention weights: only eager attention "
+                           "returns them (SDPA and flash attention silently return nothing). Build the model "
+                           "with `model.llm.attn_implementation: eager` in the run's YAML for attention analyses.")
 
 
 def check_decoding(num_beams: int, max_new_tokens: int, do_sample: bool, temperature: float) -> None:
@@ -138,13 +123,9 @@ def split_state(state: dict[str, torch.Tensor], prefixes: tuple[str, ...], sourc
 
 def check_same_model(trained: ModelConfig, configured: ModelConfig, source: str) -> None:
     """Raise a clear error if `configured` builds another architecture than a run `trained` with."""
-    keys = {
-        "model.encoder.name": lambda c: c.encoder.name,
-        "model.encoder.image_size": lambda c: c.encoder.image_size,
-        "model.llm.name": lambda c: c.llm.name,
-        "model.mapper.num_prompts": lambda c: c.mapper.num_prompts,
-    }
-    diff = {k: (get(trained), get(configured)) for k, get in keys.items() if get(trained) != get(configured)}
+    keys = ("encoder.name", "encoder.image_size", "llm.name", "mapper.num_prompts")
+    diff = {f"model.{k}": (attrgetter(k)(trained), attrgetter(k)(configured)) for k in keys}
+    diff = {k: ab for k, ab in diff.items() if ab[0] != ab[1]}
     if diff:
         told = "; ".join(f"{k}: trained with {a!r}, config says {b!r}" for k, (a, b) in diff.items())
         fix = ", ".join(f"{k}={a}" for k, (a, _) in diff.items())
@@ -169,7 +150,8 @@ class ReportGenerator(nn.Module):
             with torch.no_grad():
                 self.mapper.prompt_norm.weight.fill_(float(emb.pow(2).mean().sqrt()))
         # ablation of this project (not in the paper): see FindingHead
-        self.aux_head = FindingHead(hidden, len(cfg.aux_labels), cfg.aux_norm) if cfg.aux_loss_weight > 0 else None
+        self.aux_head = (FindingHead(hidden, len(cfg.aux_labels), cfg.aux_norm)
+                         if cfg.aux_loss_weight > 0 else None)
         ids = self.tokenizer(cfg.llm.prompt, add_special_tokens=False)["input_ids"]
         self.register_buffer("prompt_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
         # the encoder's weights are the pretrained ones until it is first unfrozen (or loaded)
@@ -206,16 +188,15 @@ class ReportGenerator(nn.Module):
         """Images (B, 3, H, W), already normalised -> encoder tokens (B, N, C)."""
         size = self.cfg.encoder.image_size
         if tuple(images.shape[-2:]) != (size, size):
-            raise ValueError(
-                f"images are {images.shape[-2]}x{images.shape[-1]} px but this model was built for "
-                f"model.encoder.image_size={size}: load the images at {size} px (the mapper's "
-                "positions are learned for that grid, so a trained model cannot change its size)"
-            )
+            raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]} px but this model was built "
+                             f"for model.encoder.image_size={size}: load the images at {size} px (the "
+                             "mapper's positions are learned for that grid: a trained model cannot change it)")
         if self.cfg.image_blind:
             images = torch.zeros_like(images)  # the control sees the same constant for every study
         return self.encoder(images)
 
-    def visual_prompts(self, images: torch.Tensor | None = None, features: torch.Tensor | None = None) -> torch.Tensor:
+    def visual_prompts(self, images: torch.Tensor | None = None,
+                       features: torch.Tensor | None = None) -> torch.Tensor:
         """(B, K, d_llm) soft visual prompts from images or from cached encoder features."""
         if features is None:
             if images is None:
@@ -224,29 +205,17 @@ class ReportGenerator(nn.Module):
         return self.mapper(features)
 
     def tokenize_reports(self, reports: list[str]) -> dict[str, torch.Tensor]:
-        """Report strings -> right-padded ids ending in eos, at most max_report_tokens long.
-
-        A report longer than that is cut and gets *no* eos (the model must not learn to stop
-        mid-report); `truncated` (B,) marks those rows so training can count them.
-        """
+        """Report strings -> right-padded ids ending in eos, at most max_report_tokens long. A longer
+        report is cut with *no* eos (the model must not learn to stop mid-report), marked in `truncated`."""
         tok, limit = self.tokenizer, self.cfg.llm.max_report_tokens
         rows, cut = [], []
-        for report in reports:
-            ids = tok(report, add_special_tokens=False)["input_ids"]
+        for ids in tok(list(reports), add_special_tokens=False)["input_ids"]:
             cut.append(len(ids) + 1 > limit)  # + 1: the eos needs a place too
             rows.append(ids[:limit] if cut[-1] else ids + [tok.eos_token_id])
         width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
+        ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows], dtype=torch.long)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "truncated": torch.tensor(cut, dtype=torch.bool)}
-
-    def count_truncated(self, reports: list[str]) -> int:
-        """How many of `reports` exceed model.llm.max_report_tokens (with their eos)."""
-        limit = self.cfg.llm.max_report_tokens
-        return sum(len(ids) + 1 > limit for ids in self.tokenizer(list(reports), add_special_tokens=False)["input_ids"])
 
     def prefix_embeds(self, prompts: torch.Tensor) -> torch.Tensor:
         """(B, K, d) visual prompts -> (B, K + T, d) LLM input: the prompts, then the prompt text."""
@@ -255,39 +224,27 @@ class ReportGenerator(nn.Module):
         return torch.cat([prompts, text], dim=1)
 
     def build_inputs(self, prompts: torch.Tensor, report_input_ids: torch.Tensor,
-                     report_attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     report_attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Join prefix and report: (inputs_embeds, attention_mask, labels)."""
-        b = prompts.shape[0]
         prefix = self.prefix_embeds(prompts)
         report = self.llm.get_input_embeddings()(report_input_ids).to(prefix.dtype)
-        embeds = torch.cat([prefix, report], dim=1)
-        ones = report_attention_mask.new_ones((b, prefix.shape[1]))
+        ones = report_attention_mask.new_ones((prompts.shape[0], prefix.shape[1]))
         attention = torch.cat([ones, report_attention_mask], dim=1)
-        ignore = torch.full_like(ones, IGNORE_INDEX)
-        labels = torch.cat([ignore, report_input_ids.masked_fill(report_attention_mask == 0, IGNORE_INDEX)], 1)
-        return embeds, attention, labels
+        report_labels = report_input_ids.masked_fill(report_attention_mask == 0, IGNORE_INDEX)
+        labels = torch.cat([torch.full_like(ones, IGNORE_INDEX), report_labels], dim=1)
+        return torch.cat([prefix, report], dim=1), attention, labels
 
     # -- training ------------------------------------------------------------------------
-    def forward(
-        self,
-        report_input_ids: torch.Tensor,
-        report_attention_mask: torch.Tensor,
-        images: torch.Tensor | None = None,
-        features: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        return_logits: bool = False,
-    ) -> GeneratorOutput:
+    def forward(self, report_input_ids: torch.Tensor, report_attention_mask: torch.Tensor,
+                images: torch.Tensor | None = None, features: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, return_logits: bool = False) -> GeneratorOutput:
         """Teacher-forced loss on the report (+eos), plus the weighted auxiliary finding loss."""
         prompts = self.visual_prompts(images, features)
         embeds, attention, lm_labels = self.build_inputs(prompts, report_input_ids, report_attention_mask)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention)
-        logits = out.logits
+        logits = self.llm(inputs_embeds=embeds, attention_mask=attention).logits
         # next-token prediction: position t predicts token t+1
-        lm_loss = F.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-            lm_labels[:, 1:].reshape(-1),
-            ignore_index=IGNORE_INDEX,
-        )
+        lm_loss = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                                  lm_labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
         loss, aux_loss, aux_logits = lm_loss, None, None
         if self.aux_head is not None:
             aux_logits = self.aux_head(prompts)
@@ -299,35 +256,22 @@ class ReportGenerator(nn.Module):
 
     # -- inference -----------------------------------------------------------------------
     @torch.no_grad()
-    def generate(
-        self,
-        images: torch.Tensor | None = None,
-        features: torch.Tensor | None = None,
-        max_new_tokens: int = 100,
-        num_beams: int = 1,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        output_attentions: bool = False,
-        **decoding: Any,
-    ) -> Generation:
-        """Generate one report per image (or row of cached features).
-
-        Takes the fields of `GenerationConfig` as keywords (`**asdict(cfg.generation)`); other
-        keywords go to Hugging Face `generate`. `output_attentions` needs eager attention.
-        """
+    def generate(self, images: torch.Tensor | None = None, features: torch.Tensor | None = None,
+                 max_new_tokens: int = 100, num_beams: int = 1, do_sample: bool = False,
+                 temperature: float = 1.0, output_attentions: bool = False,
+                 **decoding: Any) -> Generation:
+        """One report per image (or row of cached features); takes `**asdict(cfg.generation)`, other
+        keywords go to Hugging Face `generate`. `output_attentions` needs eager attention."""
         check_decoding(num_beams, max_new_tokens, do_sample, temperature)
         embeds = self.prefix_embeds(self.visual_prompts(images, features))
         tok = self.tokenizer
         if do_sample:
             decoding["temperature"] = temperature  # passed only when sampling: HF warns otherwise
         out = self.llm.generate(
-            inputs_embeds=embeds,
-            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
+            inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device),
             max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-            return_dict_in_generate=True, output_scores=True, output_attentions=output_attentions,
-            **decoding,
-        )
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, return_dict_in_generate=True,
+            output_scores=True, output_attentions=output_attentions, **decoding)
         if output_attentions:
             require_attentions(out.attentions)
         seqs = out.sequences  # with inputs_embeds only, generate returns the new tokens alone
@@ -336,16 +280,14 @@ class ReportGenerator(nn.Module):
                                                    normalize_logits=True)
         token_ids, logprobs = [], []
         for row_ids, row_lp in zip(seqs.tolist(), steps.float().tolist(), strict=True):
-            ids, lps = [], []
-            for tid, lp in zip(row_ids, row_lp, strict=False):
-                if tid == tok.pad_token_id and tid != tok.eos_token_id:
+            # a row ends with its eos (kept) or, when pad is another token, before its first pad
+            n = len(row_lp)
+            for j, t in enumerate(row_ids[:n]):
+                if t in (tok.eos_token_id, tok.pad_token_id):
+                    n = j + (t == tok.eos_token_id)
                     break
-                ids.append(tid)
-                lps.append(lp if math.isfinite(lp) else float("-inf"))
-                if tid == tok.eos_token_id:
-                    break
-            token_ids.append(ids)
-            logprobs.append(lps)
+            token_ids.append(row_ids[:n])
+            logprobs.append([lp if math.isfinite(lp) else float("-inf") for lp in row_lp[:n]])
         return Generation(texts, token_ids, logprobs, out.attentions if output_attentions else None)
 
     # -- persistence ---------------------------------------------------------------------
@@ -356,10 +298,10 @@ class ReportGenerator(nn.Module):
         (path / "model_config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(self.cfg), sort_keys=False))
         if run_config is not None:
             run_config.to_yaml(path / "config.yaml")
-        heads = {f"mapper.{k}": v for k, v in self.mapper.state_dict().items()}
-        if self.aux_head is not None:
-            heads.update({f"aux_head.{k}": v for k, v in self.aux_head.state_dict().items()})
-        save_file({k: v.contiguous() for k, v in heads.items()}, str(path / "mapper.safetensors"))
+        parts = {"mapper": self.mapper, "aux_head": self.aux_head}
+        heads = {f"{n}.{k}": v.contiguous() for n, m in parts.items() if m is not None
+                 for k, v in m.state_dict().items()}
+        save_file(heads, str(path / "mapper.safetensors"))
         # a pretrained encoder that was never trained is rebuilt from its weights, not stored
         if self.stores_encoder:
             enc = {k: v.contiguous() for k, v in self.encoder.state_dict().items()}
@@ -372,24 +314,22 @@ class ReportGenerator(nn.Module):
         from peft import load_peft_weights, set_peft_model_state_dict
 
         path = Path(path)
-        cfg_file = path / "model_config.yaml"
+        cfg_file, heads_file = path / "model_config.yaml", path / "mapper.safetensors"
+        enc_file = path / "encoder.safetensors"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file} not found: {path} is not a saved ReportGenerator")
-        data = yaml.safe_load(cfg_file.read_text())
-        cfg = RunConfig.from_dict({"model": data}, source=str(cfg_file)).model
-        build_cfg = RunConfig.from_dict({"model": data}, source=str(cfg_file)).model
-        has_encoder = (path / "encoder.safetensors").is_file()
-        if has_encoder:
-            build_cfg.encoder.pretrained = False  # weights come from the file; no download needed
-        model = cls(build_cfg)
+        cfg = RunConfig.from_dict({"model": yaml.safe_load(cfg_file.read_text())}, source=str(cfg_file)).model
+        has_encoder = enc_file.is_file()
+        # with a stored encoder its weights come from the file: build it without a download
+        build_cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, pretrained=False))
+        model = cls(build_cfg if has_encoder else cfg)
         model.cfg = cfg
-        parts = split_state(load_file(str(path / "mapper.safetensors")), ("mapper", "aux_head"),
-                            str(path / "mapper.safetensors"))
-        model.load_part("mapper", parts["mapper"], path / "mapper.safetensors")
+        parts = split_state(load_file(str(heads_file)), ("mapper", "aux_head"), str(heads_file))
+        model.load_part("mapper", parts["mapper"], heads_file)
         if model.aux_head is not None:
-            model.load_part("aux_head", parts["aux_head"], path / "mapper.safetensors")
+            model.load_part("aux_head", parts["aux_head"], heads_file)
         if has_encoder:
-            model.load_part("encoder", load_file(str(path / "encoder.safetensors")), path / "encoder.safetensors")
+            model.load_part("encoder", load_file(str(enc_file)), enc_file)
             model.stores_encoder = True
         result = set_peft_model_state_dict(model.llm, load_peft_weights(str(path / "adapter")))
         if getattr(result, "unexpected_keys", None):
@@ -402,16 +342,13 @@ class ReportGenerator(nn.Module):
             getattr(self, name).load_state_dict(state, strict=True)
         except RuntimeError as exc:
             enc = self.cfg.encoder
-            raise ValueError(
-                f"{source}: the saved {name} does not fit the model built from the config "
-                f"(encoder {enc.name!r} at {enc.image_size} px, LLM {self.cfg.llm.name!r}): it was "
-                "trained with another encoder, LLM or mapper size. Load the run with its own "
-                f"config.yaml, or train a new run for this config. ({str(exc).splitlines()[0]})"
-            ) from exc
+            raise ValueError(f"{source}: the saved {name} does not fit the model built from the config (encoder "
+                             f"{enc.name!r} at {enc.image_size} px, LLM {self.cfg.llm.name!r}): it was trained "
+                             "with another encoder, LLM or mapper size. Load the run with its own config.yaml, "
+                             f"or train a new run for this config. ({str(exc).splitlines()[0]})") from exc
 
     def trainable_parameter_counts(self) -> dict[str, int]:
         """Trainable parameters per part (encoder, mapper, lora, aux_head)."""
-        parts = {"encoder": self.encoder, "mapper": self.mapper, "lora": self.llm}
-        if self.aux_head is not None:
-            parts["aux_head"] = self.aux_head
-        return {k: sum(p.numel() for p in m.parameters() if p.requires_grad) for k, m in parts.items()}
+        parts = {"encoder": self.encoder, "mapper": self.mapper, "lora": self.llm, "aux_head": self.aux_head}
+        return {k: sum(p.numel() for p in m.parameters() if p.requires_grad)
+                for k, m in parts.items() if m is not None}

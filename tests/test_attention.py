@@ -66,7 +66,7 @@ def test_padding_is_masked_out_of_the_expected_share():
     assert norm2.item() == pytest.approx(1.0 / (2 / 3))
 
 
-def test_head_spread_and_generation_steps():
+def test_generation_steps_take_the_last_query():
     # step 0 = prefill (q = 3 over 3), step 1 = one query over 4 positions; 2 heads differ
     k = 1
     step0 = torch.zeros(1, 2, 3, 3)
@@ -77,9 +77,6 @@ def test_head_spread_and_generation_steps():
     assert share.shape == (2, 1, 1, 2)  # (steps, layers, B, H)
     np.testing.assert_allclose(share[0, 0, 0], [1.0, 0.0])
     np.testing.assert_allclose(norm[1, 0, 0], [1.0, 1.0])
-    spread = AT.head_spread(share[0])
-    assert spread["mean"].item() == 0.5 and spread["std"].item() == 0.5
-    assert spread["min"].item() == 0.0 and spread["max"].item() == 1.0
     frame = AT.attention_frame(share, norm, valid=np.array([[True], [False]]))
     assert len(frame) == 2 and set(frame["step"]) == {0}
     summary = AT.summarise_prompt_attention(frame, ("layer",))

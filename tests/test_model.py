@@ -132,7 +132,6 @@ def test_overlong_reports_are_cut_without_eos_and_counted(model):
     assert tok["truncated"].tolist() == [True, False]
     assert eos not in tok["input_ids"][0].tolist() and tok["attention_mask"][0].sum() == width
     assert tok["input_ids"][1, n_short] == eos
-    assert model.count_truncated(reports) == 1
     # one token shorter and the short report loses its eos too (it no longer fits whole)
     model.cfg.llm.max_report_tokens = n_short
     assert model.tokenize_reports(reports)["truncated"].tolist() == [True, True]

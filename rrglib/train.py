@@ -164,8 +164,7 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
 
 def build_data(cfg: RunConfig, model: ReportGenerator,
                accelerator: Accelerator) -> tuple[Batcher, Batcher, torch.Tensor | None]:
-    """Train and validation batches (only training pairs images as `data.image_pairing` says), and
-    the features the aux warm-up fits (or None)."""
+    """Training and validation batches, and the features the aux warm-up fits (or None)."""
     manifest = load_manifest(cfg.data.manifest)
     manifest_file = Path(cfg.data.manifest)
     manifest_file = manifest_file / "manifest.csv" if manifest_file.is_dir() else manifest_file
@@ -174,7 +173,7 @@ def build_data(cfg: RunConfig, model: ReportGenerator,
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"{manifest_file}: need studies in both the train and validate splits "
                          f"(found {len(train_ds)} and {len(val_ds)})")
-    shown, order = pair_images(train_ds, cfg.data.image_pairing, t.seed)
+    shown, order = pair_images(train_ds, cfg.data.image_pairing, t.seed)  # validation: own images
     train_batcher = Batcher(shown, model, cfg.data.num_workers)
     val_batcher = Batcher(val_ds, model, cfg.data.num_workers)
     use_cache = t.cache_features and t.strategy != "finetune"

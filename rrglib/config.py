@@ -260,14 +260,12 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
     elif origin is list:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
         wanted = "a list of strings, e.g. [a, b]"
-    elif hint in SCALARS:
+    else:
         if hint is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
             with contextlib.suppress(ValueError):
                 value = float(value)
         accepted, wanted = SCALARS[hint]
         ok = isinstance(value, accepted) and (hint is bool or not isinstance(value, bool))
-    else:
-        ok, wanted = True, ""
     if not ok:
         raise ConfigError(f"{source}: {key} must be {wanted}; got {value!r}")
     return float(value) if hint is float else value

@@ -1,14 +1,11 @@
 """Run directories and checkpoints: what a training run writes, and when it may delete.
 
 - A run directory is ours when it holds our marker (`.rrg-run`) or a run's `config.yaml`, and
-  nothing but the files a run writes. Nothing else is ever deleted: not the working directory
-  or a parent of it, not the checkout, not a dataset, not a folder with foreign files.
-- One training at a time per directory: an `fcntl.flock` on `.rrg-lock`, which the kernel
-  releases when the process exits in any way (so a dead run's lock is never an obstacle).
-- Checkpoints are written completely under a temporary name, then `checkpoints/latest` is
-  switched to them by one rename; everything is loaded with `torch.load(weights_only=True)`.
-- `--resume` continues only the run that was configured: a changed setting that alters
-  training is refused, naming the keys, unless explicitly allowed.
+  nothing but the files a run writes. Nothing else is ever deleted.
+- One training at a time per directory: an `fcntl.flock`, which the kernel releases however
+  the process exits (so a dead run's lock is never an obstacle).
+- A checkpoint is written completely, then `checkpoints/latest` switches to it by one rename.
+- `--resume` refuses a changed setting that alters training, naming the keys, unless allowed.
 """
 
 from __future__ import annotations
@@ -51,20 +48,13 @@ class RunLockedError(RunDirError):
     """Another training holds the directory's lock."""
 
 
-# -- the run directory ----------------------------------------------------------------------
-
-
 def _is_ours(name: str, extra: tuple[str, ...] = ()) -> bool:
     return any(fnmatch.fnmatch(name, pattern) for pattern in RUN_CONTENTS + extra)
 
 
 def check_output_dir(run_dir: Path, manifest: str | Path | None = None, extra: tuple[str, ...] = ()) -> None:
-    """Refuse a directory a run must not write into or clear; writes nothing.
-
-    `extra`: further names the run writes there (an accelerate tracker's folder).
-    """
-    target = run_dir.resolve()
-    cwd = Path.cwd().resolve()
+    """Refuse a directory a run must not write into or clear (`extra`: more names a run writes)."""
+    target, cwd = run_dir.resolve(), Path.cwd().resolve()
     if target == cwd or target in cwd.parents:
         raise RunDirError(f"output_dir {run_dir} is the working directory or a parent of it; "
                           "set output_dir to a new folder such as runs/<name>")
@@ -75,13 +65,11 @@ def check_output_dir(run_dir: Path, manifest: str | Path | None = None, extra: t
         data_root = Path(manifest).resolve()
         data_root = data_root.parent if data_root.suffix == ".csv" else data_root
         if target == data_root or target in data_root.parents:
-            raise RunDirError(f"output_dir {run_dir} holds the dataset {manifest}; set output_dir to a folder "
-                              "outside the data")
-    if not target.is_dir():
-        if target.exists():
-            raise RunDirError(f"output_dir {run_dir} is a file; set output_dir to a folder")
-        return
-    names = sorted(p.name for p in target.iterdir())
+            raise RunDirError(f"output_dir {run_dir} holds the dataset {manifest}; "
+                              "set output_dir to a folder outside the data")
+    if target.exists() and not target.is_dir():
+        raise RunDirError(f"output_dir {run_dir} is a file; set output_dir to a folder")
+    names = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
     if "manifest.csv" in names:
         raise RunDirError(f"output_dir {run_dir} holds a manifest.csv (a dataset); set output_dir to a "
                           "folder outside the data")
@@ -98,9 +86,7 @@ def check_output_dir(run_dir: Path, manifest: str | Path | None = None, extra: t
 def clear_run_dir(run_dir: Path, extra: tuple[str, ...] = ()) -> None:
     """Delete what a run wrote into `run_dir` (never the lock, never a foreign file)."""
     check_output_dir(run_dir, extra=extra)
-    if not run_dir.is_dir():
-        return
-    for entry in run_dir.iterdir():
+    for entry in run_dir.iterdir() if run_dir.is_dir() else []:
         if entry.name == LOCK_NAME or not _is_ours(entry.name, extra):
             continue
         if entry.is_dir() and not entry.is_symlink():
@@ -121,12 +107,11 @@ class RunLock:
     """An exclusive, non-blocking flock on `<run_dir>/.rrg-lock`, held while training."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.path = run_dir, run_dir / LOCK_NAME
-        self.handle = None
+        self.run_dir = run_dir
 
     def __enter__(self) -> RunLock:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        handle = open(self.run_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held open for the lock's lifetime
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -142,22 +127,47 @@ class RunLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
+        if not self.handle.closed:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)  # now, though a forked worker may hold the file
             self.handle.close()
-            self.handle = None
 
 
-# -- resume -----------------------------------------------------------------------------------
+def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool,
+                 allow_config_change: bool) -> tuple[RunLock, Path | None, dict[str, Any]]:
+    """Lock the run directory; (lock, checkpoint to resume or None, config changes since it).
+
+    A new run (or `overwrite`) starts from an empty directory: no old metrics of a dead run stay.
+    """
+    run_dir = Path(cfg.output_dir)
+    if resume and overwrite:
+        raise ValueError("pass either --resume or --overwrite, not both")
+    extra = (cfg.name,) if cfg.train.log_with else ()  # an accelerate tracker's folder
+    check_output_dir(run_dir, cfg.data.manifest, extra)
+    if resume:
+        check_resume(run_dir, cfg, allow_config_change)  # before the lock creates a misspelt folder
+    lock = RunLock(run_dir).__enter__()
+    try:
+        if resume:
+            ckpt, changes = check_resume(run_dir, cfg, allow_config_change)
+            if changes:
+                cfg.to_yaml(run_dir / "config.yaml")  # the saved config says what runs from now on
+            return lock, ckpt, changes
+        if latest_checkpoint(run_dir) is not None and not overwrite:
+            raise FileExistsError(f"{run_dir} already holds a checkpoint; pass --resume to continue it "
+                                  "or --overwrite to start again")
+        clear_run_dir(run_dir, extra)
+        mark_run_dir(run_dir, cfg)
+        return lock, None, {}
+    except BaseException:
+        lock.__exit__()
+        raise
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
+        is_section = isinstance(value, dict)
+        out.update(_flatten(value, f"{prefix}{key}.") if is_section else {prefix + key: value})
     return out
 
 
@@ -180,23 +190,11 @@ def check_resume(run_dir: Path, cfg: RunConfig, allow_config_change: bool = Fals
                           "train again with --overwrite")
     changes = config_changes(RunConfig.from_yaml(saved_file), cfg)
     if changes and not allow_config_change:
-        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in ((k, *v) for k, v in changes.items()))
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items())
         raise RunDirError(f"--resume: the config differs from the run's {saved_file} in settings that alter "
                           f"training ({listed}); resume with the saved settings, pass --allow-config-change "
                           "to continue anyway, or start again with --overwrite")
     return ckpt, changes
-
-
-# -- checkpoints ------------------------------------------------------------------------------
-
-
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Everything a run changes: mapper, aux head, LoRA and (once trained) the encoder."""
-    keep = ("mapper.", "aux_head.")
-    if model.stores_encoder:
-        keep = keep + ("encoder.",)
-    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
-            if k.startswith(keep) or "lora_" in k}
 
 
 def state_digest(model: torch.nn.Module) -> str:
@@ -231,22 +229,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: dict[str, Any]) -> Path:
     """Write checkpoints/ckpt-<step>/ completely, then atomically point `latest` at it."""
-    ckpt_root = run_dir / "checkpoints"
     name = f"ckpt-{state['global_step']:07d}-{state['epoch']}-{state['batch']}"
-    tmp = ckpt_root / (name + ".partial")
+    root = run_dir / "checkpoints"
+    tmp, final = root / (name + ".partial"), root / name
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    # everything a run changes: mapper, aux head, LoRA and (once trained) the encoder
+    keep = ("mapper.", "aux_head.") + (("encoder.",) if model.stores_encoder else ())
+    save_file({k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
+               if k.startswith(keep) or "lora_" in k}, str(tmp / "trainable.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    final = ckpt_root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    pointer = ckpt_root / "latest.partial"
-    pointer.write_text(name)
-    os.replace(pointer, ckpt_root / "latest")  # the switch to the new checkpoint is one rename
-    for old in ckpt_root.glob("ckpt-*"):
+    (root / "latest.partial").write_text(name)
+    os.replace(root / "latest.partial", root / "latest")  # the switch is one rename
+    for old in root.glob("ckpt-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
     return final
@@ -257,7 +256,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = run_dir / "checkpoints" / "latest"
     if not pointer.is_file():
         return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
+    path = pointer.parent / pointer.read_text().strip()
     return path if (path / "state.json").is_file() else None
 
 
@@ -266,7 +265,7 @@ def checkpoint_state(path: Path) -> dict[str, Any]:
     return json.loads((path / "state.json").read_text())
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Restore weights, optimizer and RNG states; the optimizer must already have the run's groups."""
     missing = model.load_state_dict(load_file(str(path / "trainable.safetensors")), strict=False)
     if missing.unexpected_keys:
@@ -274,4 +273,3 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                          "resume with the run's own config")
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     set_rng_state(torch.load(path / "rng.pt", weights_only=True))
-    return checkpoint_state(path)

@@ -1,16 +1,17 @@
 """Run configuration: one dataclass tree, read from and written to YAML.
 
-The YAML saved beside every result is the single source of truth for that result.
-Defaults are the paper's choices where the paper states one. Every value is checked here,
-when the file is read and before any model is built: its type (`Literal` fields list their
-choices), its range (`bounded(...)` fields) and the few rules that tie two keys together.
+The YAML saved beside every result is its single source of truth; defaults are the paper's
+choices. Every value is checked when the file is read, before any model is built: its type,
+its range (`bounded` fields) and the few rules that tie two keys together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import operator
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,10 +27,12 @@ class ConfigError(ValueError):
     """A config value that cannot be used; the message names the file, the key and the fix."""
 
 
-def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
-            lt: float | None = None) -> Any:
-    """A dataclass field whose value must satisfy `>= ge`, `> gt` and `< lt` (None = no bound)."""
-    return field(default=default, metadata={"ge": ge, "gt": gt, "lt": lt})
+BOUNDS = {"ge": (">=", operator.ge), "gt": (">", operator.gt), "lt": ("<", operator.lt)}
+
+
+def bounded(default: Any, **bounds: float) -> Any:
+    """A dataclass field whose value must satisfy the given bounds (`ge=`, `gt=`, `lt=`)."""
+    return field(default=default, metadata=bounds)
 
 
 @dataclass
@@ -50,9 +53,9 @@ class MapperConfig:
     dim_feedforward: int = bounded(2048, ge=1)
     dropout: float = bounded(0.1, ge=0.0, lt=1.0)
     max_tokens: int = bounded(1024, ge=1)  # largest encoder token grid the positional embedding covers
-    # "none" (the paper's mapper) or "batch": standardise every prompt dimension over the batch
-    # (running statistics at inference), so the image-independent part of the prompts cannot
-    # grow until it drowns the image-dependent part
+    # "batch": standardise each prompt dimension over the batch (running statistics at
+    # inference), so the image-independent part cannot drown the image-dependent part;
+    # "none": the paper's mapper
     prompt_norm: Literal["none", "batch"] = "none"
 
 
@@ -78,9 +81,8 @@ class ModelConfig:
     # auxiliary finding loss on the pooled, normalised soft prompts (0 = the paper's method)
     aux_loss_weight: float = bounded(0.0, ge=0.0)
     aux_labels: list[str] = field(default_factory=lambda: list(CHEXPERT_OBSERVATIONS))
-    # how the head normalises the pooled prompts: "batch" standardises each dimension over the
-    # batch (reads the image signal however small it is next to the image-independent part);
-    # "layer" normalises each study's vector, so the head only sees what is large per study
+    # "batch": the head standardises each pooled dimension over the batch (reads the image
+    # signal however small next to the image-independent part); "layer": per study vector
     aux_norm: Literal["batch", "layer"] = "batch"
     # replace every image by a constant: the old image-blind control (see data.image_pairing)
     image_blind: bool = False
@@ -94,10 +96,9 @@ class DataConfig:
     num_workers: int = bounded(0, ge=0)
     max_train_samples: int | None = bounded(None, ge=1)
     max_eval_samples: int | None = bounded(None, ge=1)
-    # which image each training report is paired with: "own" (the study's image), "deranged"
-    # (another study's image, a fixed derangement per train.seed: the fair image-blind control,
-    # prompts with real image statistics but no association), "constant" (one study's image for
-    # every report). Validation always pairs each report with its own image.
+    # the image each training report is shown with (validation: its own): "deranged" = another
+    # study's by a fixed derangement per train.seed, the fair image-blind control (real image
+    # statistics, no association); "constant" = one study's image for every report
     image_pairing: Literal["own", "deranged", "constant"] = "own"
 
 
@@ -122,8 +123,7 @@ class TrainConfig:
     # run starts; needs model.aux_loss_weight > 0. 0 = off (the paper's runs)
     aux_warmup_steps: int = bounded(0, ge=0)
     feature_cache_dir: str | None = None
-    # greedy reports written per validation for val_f1 (0 = no val_f1). F1 over 8 reports was
-    # 0.0 for every demo run, so best_metric val_f1 needs at least MIN_VAL_F1_SAMPLES of them.
+    # greedy reports written per validation for val_f1 (0 = no val_f1)
     val_generation_samples: int = bounded(32, ge=0)
     best_metric: Literal["val_loss", "val_f1"] = "val_loss"
     early_stopping_patience: int | None = bounded(None, ge=1)
@@ -156,7 +156,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
-    # -- YAML ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -169,20 +168,16 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> RunConfig:
-        cfg = config_from_dict(cls, data or {}, source)
-        check_rules(cfg, source)
-        return cfg
+        return check_rules(config_from_dict(cls, data or {}, source), source)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-        data = read_yaml(path)
-        apply_overrides(data, overrides or [], str(path))
+        data = apply_overrides(read_yaml(path), overrides or [], str(path))
         return cls.from_dict(data, source=str(path))
 
     def hash(self) -> str:
         """Short stable hash of the whole configuration."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -210,8 +205,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], source: str = "<
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
+        node, parts = data, key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if node is None:
@@ -234,10 +228,8 @@ def config_from_dict(cls: type, data: dict[str, Any], source: str, prefix: str =
     data = {k: v for k, v in data.items() if RETIRED.get(prefix + k, _ABSENT) != v}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"valid keys here: {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"valid keys here: {', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
         hint, key = hints[name], f"{prefix}{name}"
@@ -252,62 +244,42 @@ def config_from_dict(cls: type, data: dict[str, Any], source: str, prefix: str =
 # as they hold the old default; any other value is an unknown key.
 _ABSENT = object()
 RETIRED: dict[str, Any] = {"train.eval_every_epoch": True}
-
-_build = config_from_dict  # the old private name, still imported by rrglib.model
+# What a scalar field accepts, and how an error says it (bool is an int to Python, not to us).
+SCALARS = {bool: ((bool,), "true or false"), int: ((int,), "a whole number"),
+           float: ((int, float), "a number"), str: ((str,), "a string (quote it)")}
 
 
 def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
     """`value` as the type `hint` names, or a ConfigError naming the key and what it accepts."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], source, key)
+    if origin in (typing.Union, types.UnionType):  # `X | None`
+        inner = [a for a in args if a is not type(None)][0]
+        return None if value is None else _coerce(value, inner, source, key)
     if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"{source}: {key} must be one of {', '.join(map(str, args))}; got {value!r}")
-        return value
-    if origin is list:
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{source}: {key} must be a list of strings, e.g. [a, b]; got {value!r}")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{source}: {key} must be true or false; got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{source}: {key} must be a whole number; got {value!r}")
-        return value
-    if hint is float:
-        # YAML 1.1 reads `1e-3` (no dot) as a string; accept it as the number it means
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{source}: {key} must be a number; got {value!r}")
-        return float(value)
-    if hint is str and not isinstance(value, str):
-        raise ConfigError(f"{source}: {key} must be a string (quote it); got {value!r}")
-    return value
+        ok, wanted = value in args, f"one of {', '.join(map(str, args))}"
+    elif origin is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        wanted = "a list of strings, e.g. [a, b]"
+    else:
+        if hint is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            with contextlib.suppress(ValueError):
+                value = float(value)
+        accepted, wanted = SCALARS[hint]
+        ok = isinstance(value, accepted) and (hint is bool or not isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{source}: {key} must be {wanted}; got {value!r}")
+    return float(value) if hint is float else value
 
 
 def _check_range(value: Any, bounds: Any, source: str, key: str) -> Any:
-    if value is None or not bounds:
-        return value
-    ge, gt, lt = bounds.get("ge"), bounds.get("gt"), bounds.get("lt")
-    wanted = " and ".join(s for s in (f">= {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
-                                      f"< {lt}" if lt is not None else "") if s)
-    if (ge is not None and value < ge) or (gt is not None and value <= gt) or (lt is not None and value >= lt):
+    if value is not None and not all(BOUNDS[k][1](value, b) for k, b in bounds.items()):
+        wanted = " and ".join(f"{BOUNDS[k][0]} {b}" for k, b in bounds.items())
         raise ConfigError(f"{source}: {key} must be {wanted}; got {value!r}")
     return value
 
 
-def check_rules(cfg: RunConfig, source: str) -> None:
-    """The rules that tie two keys together."""
+def check_rules(cfg: RunConfig, source: str) -> RunConfig:
+    """The rules that tie two keys together; returns `cfg`."""
     t = cfg.train
     if t.aux_warmup_steps > 0 and cfg.model.aux_loss_weight <= 0:
         raise ConfigError(f"{source}: train.aux_warmup_steps needs model.aux_loss_weight > 0 "
@@ -318,6 +290,7 @@ def check_rules(cfg: RunConfig, source: str) -> None:
     if t.strategy == "two_stage" and t.stage1_epochs >= t.epochs:
         raise ConfigError(f"{source}: train.stage1_epochs ({t.stage1_epochs}) must be below train.epochs "
                           f"({t.epochs}) for two_stage, or the encoder is never unfrozen; use strategy frozen")
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:

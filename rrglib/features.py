@@ -1,10 +1,7 @@
 """What training feeds the model: batches of studies, from images or from cached encoder features.
 
-- `encode_dataset`: a frozen encoder's features of every study, computed once;
-- `cached_features`: the same, kept on disk (valid only while the encoder is frozen);
-- `pair_images`: which image each training report is shown with (its own, another study's
-  through a fixed derangement — the fair image-blind control — or one constant study);
-- `Batcher`: index lists -> model-ready batches.
+`cached_features` keeps a frozen encoder's features on disk; `pair_images` says which image each
+training report is shown with (the image-blind controls); `Batcher` turns index lists into batches.
 """
 
 from __future__ import annotations
@@ -27,10 +24,6 @@ from .assets import cache_dir
 from .config import RunConfig
 from .data import ReportCollator, ReportDataset, derangement
 
-PAIRINGS = ("own", "deranged", "constant")
-
-# -- encoder feature cache ------------------------------------------------------------------
-
 
 def feature_cache_path(cfg: RunConfig, manifest_file: Path, split: str, n: int) -> Path:
     """Where this split's frozen-encoder features live: keyed by encoder, manifest bytes and size."""
@@ -46,10 +39,7 @@ def feature_cache_path(cfg: RunConfig, manifest_file: Path, split: str, n: int) 
 @torch.no_grad()
 def encode_dataset(encode: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, batch_size: int,
                    desc: str = "encoding", show: bool = True) -> torch.Tensor:
-    """`encode(images)` of every study, in dataset order, as float16 (N, tokens, C).
-
-    `encode` is a frozen encoder (in eval mode) or `ReportGenerator.encode_images`.
-    """
+    """`encode(images)` of every study in order, as float16 (N, tokens, C); `encode` is frozen."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
                         collate_fn=ReportCollator(None), generator=torch.Generator())
     chunks = [encode(b["images"]).half() for b in tqdm(loader, desc=desc, disable=not show)]
@@ -71,9 +61,6 @@ def cached_features(model: torch.nn.Module, cfg: RunConfig, dataset: ReportDatas
     return load_file(str(path))["features"]
 
 
-# -- image-report pairing (the image-blind control) -------------------------------------------
-
-
 def image_order(pairing: str, n: int, seed: int) -> list[int]:
     """For each study, the index of the study whose image it is shown with."""
     if pairing == "own":
@@ -82,16 +69,14 @@ def image_order(pairing: str, n: int, seed: int) -> list[int]:
         return derangement(n, seed).tolist()
     if pairing == "constant":
         return [int(np.random.default_rng(seed).integers(n))] * n
-    raise ValueError(f"data.image_pairing must be one of {PAIRINGS}, got {pairing!r}")
+    raise ValueError(f"data.image_pairing must be one of own, deranged, constant; got {pairing!r}")
 
 
 class PairedImages(Dataset):
     """A ReportDataset whose study i shows the image of study `order[i]`; reports and labels stay."""
 
     def __init__(self, dataset: ReportDataset, order: list[int]):
-        if len(order) != len(dataset):
-            raise ValueError(f"image order has {len(order)} entries for {len(dataset)} studies")
-        self.dataset, self.order = dataset, list(order)
+        self.dataset, self.order = dataset, order
         self.df, self.labels = dataset.df, dataset.labels
 
     def __len__(self) -> int:
@@ -108,32 +93,27 @@ def pair_images(dataset: ReportDataset, pairing: str, seed: int) -> tuple[Datase
     return (dataset if pairing == "own" else PairedImages(dataset, order)), order
 
 
-# -- batches --------------------------------------------------------------------------------
-
-
 class Batcher:
     """Turns index lists into model-ready batches, from cached features or from images."""
 
     def __init__(self, dataset: ReportDataset | PairedImages, model: torch.nn.Module, num_workers: int = 0):
-        self.dataset, self.num_workers = dataset, num_workers
-        self.tokenize = model.tokenize_reports
-        self.collate = ReportCollator(self.tokenize)
+        self.dataset, self.num_workers, self.tokenize = dataset, num_workers, model.tokenize_reports
         self.features: torch.Tensor | None = None  # (N, tokens, C), row i = what study i is shown
 
     def batches(self, index_lists: list[list[int]], use_features: bool) -> Iterator[dict[str, Any]]:
         if use_features and self.features is not None:
+            df = self.dataset.df
             for idx in index_lists:
-                reports = [str(self.dataset.df["report"].iloc[i]) for i in idx]
+                reports = [str(df["report"].iloc[i]) for i in idx]
                 tok = self.tokenize(reports)
                 yield {"features": self.features[idx].float(), "labels": self.dataset.labels[idx],
                        "report_input_ids": tok["input_ids"], "report_attention_mask": tok["attention_mask"],
-                       "reports": reports, "ids": [str(self.dataset.df["id"].iloc[i]) for i in idx]}
+                       "reports": reports, "ids": [str(df["id"].iloc[i]) for i in idx]}
         else:
             # a private generator: creating a DataLoader must not draw from the global RNG,
             # or a resumed run's dropout masks would drift from the uninterrupted run's
-            loader = DataLoader(self.dataset, batch_sampler=index_lists, collate_fn=self.collate,
-                                num_workers=self.num_workers, generator=torch.Generator())
-            yield from loader
+            yield from DataLoader(self.dataset, batch_sampler=index_lists, num_workers=self.num_workers,
+                                  collate_fn=ReportCollator(self.tokenize), generator=torch.Generator())
 
 
 def model_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

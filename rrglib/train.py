@@ -1,15 +1,11 @@
 """The training loop, and the paper's two-stage switch (`unfreeze_encoder`).
 
-Reads top to bottom: config -> data -> model -> optimizer -> loop -> checkpoint.
-Strategies: `frozen` (encoder never trains), `finetune` (encoder trains from the first step),
-`two_stage` (encoder frozen for `stage1_epochs`, then unfrozen by `unfreeze_encoder`: the
-optimizer gains an encoder parameter group with its own learning rate and warm-up).
-Run directories, locks and checkpoints: `rrglib.checkpoint`; batches and the encoder feature
-cache: `rrglib.features`; what is measured after each epoch: `rrglib.validation`.
+Reads top to bottom: config -> data -> model -> optimizer -> loop -> checkpoint. Strategies:
+`frozen` (the encoder never trains), `finetune` (it trains from the first step), `two_stage`
+(frozen for `train.stage1_epochs`, then unfrozen with its own learning rate and warm-up).
 
-Usage:
     python -m rrglib.train --config configs/demo.yaml [--resume] [--overwrite] [section.key=value ...]
-    accelerate launch --num_processes 2 --cpu -m rrglib.train --config configs/smoke.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m rrglib.train --config configs/smoke.yaml
 """
 
 from __future__ import annotations
@@ -34,14 +30,9 @@ from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_lis
 from tqdm.auto import tqdm
 
 from .checkpoint import (
-    RunLock,
-    check_output_dir,
-    check_resume,
     checkpoint_state,
-    clear_run_dir,
-    latest_checkpoint,
     load_checkpoint,
-    mark_run_dir,
+    open_run_dir,
     save_checkpoint,
     state_digest,
 )
@@ -50,38 +41,31 @@ from .data import dataset_for, load_manifest
 from .devices import bf16_is_emulated
 from .features import Batcher, cached_features, model_inputs, pair_images
 from .model import ReportGenerator, finding_targets
-from .validation import image_dependence, validate
-
-__all__ = ["Batcher", "image_dependence", "train", "unfreeze_encoder"]
+from .validation import validate
 
 # -- the two stages ---------------------------------------------------------------------------
 
 
 def stage_of(cfg: RunConfig, epoch: int) -> int:
     """1 while the encoder is frozen, 2 once it trains."""
-    if cfg.train.strategy == "frozen":
-        return 1
-    if cfg.train.strategy == "finetune":
-        return 2
-    return 1 if epoch < cfg.train.stage1_epochs else 2
-
-
-def encoder_group(model: ReportGenerator, cfg: RunConfig, start_step: int) -> dict[str, Any]:
-    """The encoder's optimizer group: its own learning rate, warmed up from `start_step`."""
-    return {"name": "encoder", "params": list(model.encoder.parameters()), "base_lr": cfg.train.lr_encoder,
-            "warmup": cfg.train.encoder_warmup_steps, "start_step": start_step,
-            "weight_decay": cfg.train.weight_decay, "lr": 0.0}
+    if cfg.train.strategy == "two_stage":
+        return 1 if epoch < cfg.train.stage1_epochs else 2
+    return 1 if cfg.train.strategy == "frozen" else 2
 
 
 def unfreeze_encoder(model: ReportGenerator, optimizer: torch.optim.Optimizer, cfg: RunConfig,
                      start_step: int, accelerator: Accelerator | None = None) -> torch.nn.Module:
-    """Stage 2: the encoder trains from `start_step` on. Returns the module to train.
+    """Stage 2: the encoder trains from `start_step` on, in its own optimizer group.
 
-    Under several processes, DDP must learn about the newly trainable parameters, so the model
-    is prepared again (pass `accelerator` once the model has been prepared).
+    Returns the module to train: DDP must learn of the newly trainable parameters, so under
+    several processes the model is prepared again (pass `accelerator` once it was).
     """
+    t = cfg.train
     model.set_encoder_trainable(True)
-    getattr(optimizer, "optimizer", optimizer).add_param_group(encoder_group(model, cfg, start_step))
+    getattr(optimizer, "optimizer", optimizer).add_param_group({
+        "name": "encoder", "params": list(model.encoder.parameters()), "base_lr": t.lr_encoder,
+        "warmup": t.encoder_warmup_steps, "start_step": start_step, "weight_decay": t.weight_decay,
+        "lr": 0.0})
     if accelerator is not None and accelerator.num_processes > 1:
         return accelerator.prepare_model(model)
     return model
@@ -109,16 +93,15 @@ class GroupSchedule:
         self.optimizer, self.total, self.schedule = optimizer, total_steps, schedule
 
     def apply(self, step: int) -> None:
-        for group in self.optimizer.param_groups:
-            local = step - group["start_step"]
-            total = self.total - group["start_step"]
-            group["lr"] = group["base_lr"] * lr_factor(local, group["warmup"], total, self.schedule)
+        for g in self.optimizer.param_groups:
+            start = g["start_step"]
+            g["lr"] = g["base_lr"] * lr_factor(step - start, g["warmup"], self.total - start, self.schedule)
 
 
 def param_groups(model: ReportGenerator, cfg: RunConfig) -> list[dict[str, Any]]:
     """Mapper (+aux head) and LoRA groups; each with its own learning rate."""
     t = cfg.train
-    mapper = list(model.mapper.parameters()) + (list(model.aux_head.parameters()) if model.aux_head else [])
+    mapper = [*model.mapper.parameters(), *(model.aux_head.parameters() if model.aux_head else [])]
     lora = [p for p in model.llm.parameters() if p.requires_grad]
     return [
         {"name": "mapper", "params": mapper, "base_lr": t.lr_mapper, "warmup": t.warmup_steps, "start_step": 0},
@@ -136,19 +119,17 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
 
 def aux_warmup(model: ReportGenerator, features: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
                batch_size: int, seed: int) -> float:
-    """Fit mapper + finding head to the labels from frozen-encoder features, without the LLM.
+    """Fit mapper + finding head to the labels from frozen-encoder features; returns the last loss.
 
-    Cheap (no LLM forward): it hands the LLM soft prompts that already carry the findings, so
-    the short runs of the demo spend their LLM steps learning to read them. Returns the last
-    step's loss. Draws from its own generator, not the global RNG.
+    Cheap (no LLM forward): the LLM then starts from soft prompts that already carry the
+    findings, so the demo's short runs spend their LLM steps learning to read them.
     """
     if model.aux_head is None:
         raise ValueError("train.aux_warmup_steps needs model.aux_loss_weight > 0 (there is no finding head)")
-    params = list(model.mapper.parameters()) + list(model.aux_head.parameters())
+    params = [*model.mapper.parameters(), *model.aux_head.parameters()]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    targets = finding_targets(labels)
-    was_training = model.training
+    gen = torch.Generator().manual_seed(seed)  # its own generator: the global RNG is not drawn from
+    targets, was_training = finding_targets(labels), model.training
     model.mapper.train()
     model.aux_head.train()
     loss = torch.tensor(float("nan"))
@@ -169,11 +150,10 @@ def aux_warmup(model: ReportGenerator, features: torch.Tensor, labels: torch.Ten
 def make_accelerator(cfg: RunConfig) -> Accelerator:
     """Device, precision and processes (accelerate); warns where bf16 would be emulated."""
     t = cfg.train
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
     # cpu=True on a machine without CUDA lets `torchrun --nproc_per_node N` form a gloo group
-    accelerator = Accelerator(mixed_precision=t.mixed_precision, kwargs_handlers=[ddp],
-                              cpu=not torch.cuda.is_available(), log_with=t.log_with,
-                              project_dir=cfg.output_dir)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[ddp], log_with=t.log_with, project_dir=cfg.output_dir)
     if t.mixed_precision == "bf16" and bf16_is_emulated(accelerator.device):
         accelerator.print(f"warning: bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()}) is "
                           "emulated and very slow; set train.mixed_precision: 'no' (see benchmarks/)")
@@ -182,74 +162,32 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     return accelerator
 
 
-def open_run_dir(cfg: RunConfig, resume: bool, overwrite: bool,
-                 allow_config_change: bool) -> tuple[RunLock, Path | None, dict[str, Any]]:
-    """Lock the run directory and decide where the run starts: (lock, checkpoint, config changes).
-
-    A new run (or `overwrite`) starts from an empty directory, so a run that died before its
-    first checkpoint leaves no old metrics behind; only files a run writes are ever deleted.
-    """
-    run_dir = Path(cfg.output_dir)
-    if resume and overwrite:
-        raise ValueError("pass either --resume or --overwrite, not both")
-    extra = (cfg.name,) if cfg.train.log_with else ()  # an accelerate tracker's folder
-    check_output_dir(run_dir, cfg.data.manifest, extra)
-    if resume:
-        check_resume(run_dir, cfg, allow_config_change)  # before the lock creates a misspelt folder
-    lock = RunLock(run_dir).__enter__()
-    try:
-        if resume:
-            ckpt, changes = check_resume(run_dir, cfg, allow_config_change)
-            if changes:
-                cfg.to_yaml(run_dir / "config.yaml")  # the saved config says what runs from now on
-            return lock, ckpt, changes
-        if latest_checkpoint(run_dir) is not None and not overwrite:
-            raise FileExistsError(f"{run_dir} already holds a checkpoint; pass --resume to continue it "
-                                  "or --overwrite to start again")
-        clear_run_dir(run_dir, extra)
-        mark_run_dir(run_dir, cfg)
-        return lock, None, {}
-    except BaseException:
-        lock.__exit__(None, None, None)
-        raise
-
-
 def build_data(cfg: RunConfig, model: ReportGenerator,
                accelerator: Accelerator) -> tuple[Batcher, Batcher, torch.Tensor | None]:
-    """Training and validation batches, and the features the aux warm-up fits (or None).
-
-    Training pairs images as `data.image_pairing` says; validation always shows each report
-    its own study's image.
-    """
+    """Training and validation batches, and the features the aux warm-up fits (or None)."""
+    manifest = load_manifest(cfg.data.manifest)
     manifest_file = Path(cfg.data.manifest)
-    manifest = load_manifest(manifest_file)
     manifest_file = manifest_file / "manifest.csv" if manifest_file.is_dir() else manifest_file
     t = cfg.train
     train_ds, val_ds = dataset_for(cfg, "train", manifest), dataset_for(cfg, "validate", manifest)
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"{manifest_file}: need studies in both the train and validate splits "
                          f"(found {len(train_ds)} and {len(val_ds)})")
-    shown, order = pair_images(train_ds, cfg.data.image_pairing, t.seed)
+    shown, order = pair_images(train_ds, cfg.data.image_pairing, t.seed)  # validation: own images
     train_batcher = Batcher(shown, model, cfg.data.num_workers)
     val_batcher = Batcher(val_ds, model, cfg.data.num_workers)
+    use_cache = t.cache_features and t.strategy != "finetune"
     feats = None
-    if (t.cache_features and t.strategy != "finetune") or t.aux_warmup_steps > 0:
+    if use_cache or t.aux_warmup_steps > 0:
         feats = cached_features(model, cfg, train_ds, manifest_file, "train", accelerator)[order]
-    if t.cache_features and t.strategy != "finetune":
+    if use_cache:
         train_batcher.features = feats
         val_batcher.features = cached_features(model, cfg, val_ds, manifest_file, "validate", accelerator)
     return train_batcher, val_batcher, (feats if t.aux_warmup_steps > 0 else None)
 
 
-def seed_everything(seed: int) -> None:
-    """The same initial mapper/LoRA on every rank and in every rerun."""
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
-
-
 def from_main(accelerator: Accelerator, value: Any) -> Any:
-    """The main process's `value` (a decision, an error message), on every process."""
+    """The main process's `value` (a decision, an error), on every process."""
     if accelerator.num_processes == 1:
         return value
     box = [value]
@@ -271,18 +209,18 @@ class Log:
         for line in self.file.read_text().splitlines():
             try:
                 if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
+                    keep.append(line + "\n")
             except json.JSONDecodeError:  # the last line of a run killed while writing it
                 continue
-        self.file.write_text("".join(line + "\n" for line in keep))
+        self.file.write_text("".join(keep))
 
     def __call__(self, record: dict[str, Any]) -> None:
         if self.accelerator.is_main_process:
             with open(self.file, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
         if self.tracker:
-            self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
-                                 step=record.get("step"))
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float))}
+            self.accelerator.log(numbers, step=record.get("step"))
 
 
 # -- the loop ---------------------------------------------------------------------------------
@@ -359,13 +297,11 @@ def train_epoch(run: Run, batcher: Batcher, epoch: int, stage: int, use_features
         bar.update(i + 1 - bar.n)
         bar.set_postfix(loss=f"{out.loss.item():.3f}", sps=f"{rate:.2f}")
         if state["global_step"] % t.log_every_steps == 0:
-            rec = {"kind": "step", "epoch": epoch, "stage": stage, "step": state["global_step"],
-                   "loss": out.loss.item(), "lm_loss": out.lm_loss.item(), "samples_per_s": rate,
-                   "tokens_per_s": tokens * world / (time.perf_counter() - tic),
-                   **{f"lr_{g['name']}": g["lr"] for g in run.optimizer.param_groups}}
-            if out.aux_loss is not None:
-                rec["aux_loss"] = out.aux_loss.item()
-            run.log(rec)
+            aux = {} if out.aux_loss is None else {"aux_loss": out.aux_loss.item()}
+            run.log({"kind": "step", "epoch": epoch, "stage": stage, "step": state["global_step"],
+                     "loss": out.loss.item(), "lm_loss": out.lm_loss.item(), "samples_per_s": rate,
+                     "tokens_per_s": tokens * world / (time.perf_counter() - tic),
+                     **{f"lr_{g['name']}": g["lr"] for g in run.optimizer.param_groups}, **aux})
         if t.checkpoint_every_steps and state["global_step"] % t.checkpoint_every_steps == 0:
             acc.wait_for_everyone()
             if acc.is_main_process:
@@ -385,9 +321,8 @@ def end_epoch(run: Run, val_batcher: Batcher, epoch: int, stage: int, use_featur
         metrics.update(kind="epoch", epoch=epoch, stage=stage, step=state["global_step"], train_samples_per_s=rate)
         run.log(metrics)
         acc.print(f"epoch {epoch}: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
-        value = metrics[t.best_metric]
-        lower_is_better = t.best_metric.endswith("loss")
-        if state["best"] is None or (value < state["best"] if lower_is_better else value > state["best"]):
+        value, best = metrics[t.best_metric], state["best"]
+        if best is None or (value < best if t.best_metric.endswith("loss") else value > best):
             state.update(best=value, best_epoch=epoch, bad_epochs=0)
             run.model.save_pretrained(run.run_dir / "best", run_config=run.cfg)
         else:
@@ -427,8 +362,8 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, allow_c
           on_epoch_end: Callable[[int, ReportGenerator, dict[str, Any]], None] | None = None) -> Path:
     """Train a ReportGenerator as configured; returns the run directory.
 
-    `resume` continues the run's latest checkpoint (refusing a changed config unless
-    `allow_config_change`); `overwrite` starts an existing run of ours again.
+    `resume` continues the latest checkpoint (refusing a changed config unless
+    `allow_config_change`); `overwrite` starts an existing run of ours again;
     `on_epoch_end(epoch, model, metrics)` is called on the main process after each validation.
     """
     t, run_dir = cfg.train, Path(cfg.output_dir)
@@ -436,22 +371,24 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, allow_c
         raise ConfigError("data.manifest is not set; pass data.manifest=path/to/manifest.csv")
     accelerator = make_accelerator(cfg)
     with contextlib.ExitStack() as held:
-        # -- run directory: locked, checked, fresh or resumed ------------------------------------
-        ckpt, changes, refusal = None, {}, None
+        # -- run directory: locked, checked, fresh or resumed (the main process decides) ---------
+        opened: Any = None
         if accelerator.is_main_process:
             try:
                 lock, ckpt, changes = open_run_dir(cfg, resume, overwrite, allow_config_change)
-                held.callback(lock.__exit__, None, None, None)
+                held.callback(lock.__exit__)
+                opened = (ckpt, changes)
             except (ValueError, FileExistsError) as exc:
-                refusal = exc
-        refusal = from_main(accelerator, refusal)  # every process stops, none waits for the others
-        if refusal is not None:
-            raise refusal
-        if resume and not accelerator.is_main_process:
-            ckpt = latest_checkpoint(run_dir)
+                opened = exc
+        opened = from_main(accelerator, opened)  # every process stops, none waits for the others
+        if isinstance(opened, Exception):
+            raise opened
+        ckpt, changes = opened
 
-        # -- model and data ------------------------------------------------------------------
-        seed_everything(t.seed)
+        # -- model and data: the same initial mapper/LoRA on every rank and in every rerun -----
+        torch.manual_seed(t.seed)
+        random.seed(t.seed)
+        np.random.seed(t.seed)
         model = ReportGenerator(cfg.model)
         train_batcher, val_batcher, warm_feats = build_data(cfg, model, accelerator)
         labels = train_batcher.dataset.labels
@@ -475,7 +412,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, allow_c
         if t.log_with:
             accelerator.init_trackers(cfg.name)
 
-        # -- the loop: stage 1, the switch, stage 2 ----------------------------------------------
+        # -- the loop: stage 1, the switch, stage 2 --------------------------------------------
         throughput: dict[int, list[float]] = {1: [], 2: []}
         stopped = False
         for epoch in range(run.state["epoch"], t.epochs):

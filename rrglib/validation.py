@@ -15,7 +15,8 @@ from accelerate import Accelerator
 
 from .config import RunConfig
 from .features import Batcher, model_inputs
-from .metrics.clinical import micro_f1
+from .labeler import label_reports
+from .metrics.clinical import clinical_efficacy, micro_f1
 from .model import ReportGenerator, finding_targets
 
 
@@ -25,20 +26,19 @@ def image_dependence(prompts: torch.Tensor) -> float:
     return float(((p - p.mean(0)) ** 2).sum(1).mean() / (p ** 2).sum(1).mean().clamp_min(1e-12))
 
 
-def chunks(indices: list[int], size: int) -> list[list[int]]:
-    return [indices[i:i + size] for i in range(0, len(indices), size)]
-
-
 @torch.no_grad()
 def validate(model: ReportGenerator, batcher: Batcher, cfg: RunConfig, accelerator: Accelerator,
              use_features: bool) -> dict[str, float]:
     """Validation loss with true and shuffled images, prompt image dependence, aux F1, val F1."""
     model.eval()
-    n = len(batcher.dataset)
-    tot = tot_shuf = 0.0
-    count = 0
+    n, size = len(batcher.dataset), cfg.data.eval_batch_size
+
+    def in_batches(m: int) -> list[list[int]]:  # the first m studies
+        return [list(range(i, min(i + size, m))) for i in range(0, m, size)]
+
+    tot = tot_shuf = count = 0
     prompts, aux_logits, labels = [], [], []
-    for batch in batcher.batches(chunks(list(range(n)), cfg.data.eval_batch_size), use_features):
+    for batch in batcher.batches(in_batches(n), use_features):
         inputs = model_inputs(batch, accelerator.device)
         tokens = int(inputs["report_attention_mask"].sum())
         with accelerator.autocast():
@@ -60,25 +60,15 @@ def validate(model: ReportGenerator, batcher: Batcher, cfg: RunConfig, accelerat
         targets = finding_targets(torch.cat(labels)).numpy() > 0.5
         metrics["aux_f1"] = micro_f1(targets, torch.cat(aux_logits).numpy() > 0)
     k = min(cfg.train.val_generation_samples, n)
-    if k > 0:
-        metrics["val_f1"] = generation_f1(model, batcher, cfg, accelerator, list(range(k)), use_features)
+    if k > 0:  # greedy reports of the first k studies, labelled and scored as the evaluation does
+        refs, hyps = [], []
+        for batch in batcher.batches(in_batches(k), use_features):
+            inputs = model_inputs(batch, accelerator.device)
+            with accelerator.autocast():
+                hyps += model.generate(images=inputs.get("images"), features=inputs.get("features"),
+                                       max_new_tokens=cfg.generation.max_new_tokens).texts
+            refs += batch["reports"]
+        scores, _ = clinical_efficacy(label_reports(refs), label_reports(hyps))
+        metrics["val_f1"] = scores["F1-RB-14-micro"]
         metrics["val_f1_reports"] = k
     return metrics
-
-
-@torch.no_grad()
-def generation_f1(model: ReportGenerator, batcher: Batcher, cfg: RunConfig, accelerator: Accelerator,
-                  indices: list[int], use_features: bool) -> float:
-    """F1-RB-14-micro (positive or uncertain = 1) of greedy reports, rule-based labels."""
-    from .labeler import label_reports
-    from .metrics import clinical_efficacy
-
-    refs, hyps = [], []
-    for batch in batcher.batches(chunks(indices, cfg.data.eval_batch_size), use_features):
-        inputs = model_inputs(batch, accelerator.device)
-        with accelerator.autocast():
-            hyps += model.generate(images=inputs.get("images"), features=inputs.get("features"),
-                                   max_new_tokens=cfg.generation.max_new_tokens).texts
-        refs += batch["reports"]
-    scores, _ = clinical_efficacy(label_reports(refs), label_reports(hyps))
-    return scores["F1-RB-14-micro"]  # the same metric the evaluation reports

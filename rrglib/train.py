@@ -173,6 +173,10 @@ def build_data(cfg: RunConfig, model: ReportGenerator,
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f"{manifest_file}: need studies in both the train and validate splits "
                          f"(found {len(train_ds)} and {len(val_ds)})")
+    cut = int(model.tokenize_reports(list(train_ds.df["report"]))["truncated"].sum())
+    if cut:  # trained without eos, so the model never learns to stop mid-report
+        accelerator.print(f"{cut} of {len(train_ds)} training reports exceed model.llm.max_report_tokens="
+                          f"{cfg.model.llm.max_report_tokens} and are cut (no eos on them)")
     shown, order = pair_images(train_ds, cfg.data.image_pairing, t.seed)  # validation: own images
     train_batcher = Batcher(shown, model, cfg.data.num_workers)
     val_batcher = Batcher(val_ds, model, cfg.data.num_workers)

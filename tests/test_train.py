@@ -346,3 +346,11 @@ def test_early_stopping_after_patience_epochs_without_improvement(toy, tmp_path,
     summary = json.loads((tmp_path / "es" / "summary.json").read_text())
     assert summary["early_stopped"] is True and summary["epochs_run"] == 4
     assert summary["best"] == 0.5 and summary["best_epoch"] == 1
+
+
+def test_training_counts_the_reports_it_cuts(toy, tmp_path, capsys):
+    train(cfg_for(toy, tmp_path / "cut", "train.strategy=frozen", "train.epochs=1", "model.llm.max_report_tokens=3"))
+    out = capsys.readouterr().out
+    assert "training reports exceed model.llm.max_report_tokens=3 and are cut (no eos on them)" in out
+    train(cfg_for(toy, tmp_path / "whole", "train.strategy=frozen", "train.epochs=1"))
+    assert "are cut" not in capsys.readouterr().out

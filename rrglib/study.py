@@ -171,7 +171,8 @@ def _parse_runs(path: Path, raw_runs: list[Any]) -> list[RunSpec]:
         name = check_name(raw.get("name"), f"{path}: runs[{i}] name")
         _check_keys(f"{path}: run {name}", raw, RUN_KEYS)
         overrides = [str(o) for o in raw.get("overrides") or []]
-        params, config, seeds = dict(raw.get("parameters") or {}), raw.get("config"), raw.get("seeds")
+        config, seeds = raw.get("config"), raw.get("seeds")
+        params = dict(raw.get("parameters") or {})
         if seeds is None:
             runs.append(RunSpec(name, overrides, params, config, name))
         elif (isinstance(seeds, list) and seeds and len(set(seeds)) == len(seeds)
@@ -257,9 +258,10 @@ def load_spec(path: str | Path, params: dict[str, Any] | None = None) -> StudySp
         raise SpecError(f"{path}: `runs` given but `per_run` lists no notebooks")
     arms = {r.arm for r in runs}
     spec = StudySpec(
-        name=name, path=path, root=root, results_dir=root / data.get("results_dir", f"results/{name}"),
+        name=name, path=path, root=root, runs=runs,
+        results_dir=root / data.get("results_dir", f"results/{name}"),
         work_dir=root / data.get("work_dir", f"runs/{name}"),
-        parameters=dict(data.get("parameters") or {}), cli_parameters=dict(params or {}), runs=runs,
+        parameters=dict(data.get("parameters") or {}), cli_parameters=dict(params or {}),
         comparisons=_parse_comparisons(path, data.get("comparisons"), arms),
         hypotheses=_parse_hypotheses(path, data.get("hypotheses"), arms), **lists,
     )  # fmt: skip
@@ -376,21 +378,19 @@ def _make_step(spec: StudySpec, nb: str, run: RunSpec | None, phase: str,
                 notebook, (run_dir or spec.results_dir) / f"{nb}.ipynb", params, upstream, hashes)
 
 
-def read_workspace(work_dir: Path) -> str | None:
-    """The id of the checkout whose <work_dir> holds this study's checkpoints (None if absent)."""
+def read_workspace(work_dir: Path, create: bool = False) -> str | None:
+    """The id of the checkout whose <work_dir> holds this study's checkpoints (None if absent).
+
+    The committed manifest names the workspace it was executed in; a fresh clone has no
+    <work_dir>, so its first `run` executes the whole study instead of skipping steps whose
+    checkpoints it does not have.
+    """
     path = Path(work_dir) / WORKSPACE_FILE
-    return (path.read_text().strip() or None) if path.is_file() else None
-
-
-def _ensure_workspace(work_dir: Path) -> str:
-    # The committed manifest names the workspace it was executed in; a fresh clone has no
-    # <work_dir>, so its first `run` executes the whole study instead of skipping steps whose
-    # checkpoints it does not have.
-    current = read_workspace(work_dir)
-    if current is None:
-        work_dir.mkdir(parents=True, exist_ok=True)
+    current = (path.read_text().strip() or None) if path.is_file() else None
+    if current is None and create:
+        path.parent.mkdir(parents=True, exist_ok=True)
         current = uuid.uuid4().hex
-        (work_dir / WORKSPACE_FILE).write_text(current + "\n")
+        path.write_text(current + "\n")
     return current
 
 
@@ -660,7 +660,7 @@ def run_study(spec: StudySpec, dry_run: bool = False, force: list[str] | None = 
         old = {} if from_another_checkout(spec, manifest) else manifest.steps
         manifest.data["steps"] = {s.key: old[s.key] for s in steps if s.key in old}
         manifest.data.update(study=spec.name, spec=_rel(spec.path, spec.root),
-                             workspace=_ensure_workspace(spec.work_dir))
+                             workspace=read_workspace(spec.work_dir, create=True))
         out(f"study {spec.name}: {len(todo)} step(s) to run, {len(steps) - len(todo)} up to "
             "date or held")
         if todo:
@@ -757,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in (run, status):
         p.add_argument("spec", help="study spec YAML, e.g. configs/study_demo.yaml")
         p.add_argument("-p", "--param", action="extend", nargs="+", default=[],
-                       metavar="KEY=VALUE", help="notebook parameter (YAML scalar), overrides the spec")
+                       metavar="KEY=VALUE", help="notebook parameter (YAML), overrides the spec")
     run.add_argument("--dry-run", action="store_true", help="list what would run and why")
     run.add_argument("--only", action="extend", nargs="+", metavar="RUN",
                      help="execute only these runs")

@@ -4,20 +4,14 @@
         [--only RUN ...] [--force [NAME ...]]
     python -m rrglib.study status configs/study_demo.yaml [-p key=value ...]
 
-A spec (configs/study_*.yaml) gives `name` (results/<name>/ and runs/<name>/ unless
-`results_dir`/`work_dir` say otherwise), `parameters` for every notebook (`-p` wins), the
-notebooks to run `before` the runs, for each run (`per_run`; those in `first_seed_only` for an
-arm's first seed only) and `after` them, and `runs`: arms {name, overrides, parameters, config,
-seeds}. An arm with `seeds: [s, ...]` expands into runs `<arm>_s<seed>` with `train.seed=<seed>`
-appended to its overrides. `comparisons` (arm pairs) and `hypotheses` (the keys of
-rrglib.reporting.Hypothesis) name arms; `--only` and `--force` take arm or run names.
-
-Notebooks run with cwd = the repo root (the spec's parent's parent, or `root:`) and get
-STANDARD_PARAMETERS (paths relative to the root), then the spec's, the run's and the `-p`
-parameters. A parameter no notebook declares is an error, so a misspelt name never runs the
-study with a default. A step executes again when it never finished, when its notebook, the
-parameters its `parameters` cell declares or its config changed, when it is forced, when a step
-it reads from executes again, or when its results were executed in another checkout.
+A spec (configs/study_*.yaml) names the study, its `parameters` (`-p` wins), the notebooks to run
+`before` the runs, for each run (`per_run`; `first_seed_only` ones for an arm's first seed) and
+`after` them, and its arms (`runs`); an arm with `seeds` expands into runs `<arm>_s<seed>` with
+`train.seed=<seed>` appended to its overrides. Notebooks run with cwd = the repo root and get
+STANDARD_PARAMETERS, then the spec's, the run's and the `-p` parameters; a parameter no notebook
+declares is an error, so a misspelt name never runs the study with a default. A step executes
+again when it never finished, when its notebook, its declared parameters or its config changed,
+when forced, when a step it reads from executes again, or when executed in another checkout.
 """
 
 from __future__ import annotations
@@ -53,7 +47,6 @@ STANDARD_PARAMETERS = (
     "study_name", "study_dir", "work_dir", "run_name", "run_dir", "run_work_dir", "config",
     "overrides", "runs", "arms", "comparisons", "hypotheses", "num_threads",
 )  # fmt: skip
-RUNNER_PARAMETERS = ("base_config",)  # read by the runner, so valid without a notebook using it
 # Parameters that change how fast a notebook runs, not what it computes: kept out of hashes.
 EXECUTION_ONLY_PARAMETERS = ("num_threads",)
 SPEC_KEYS = ("name", "root", "results_dir", "work_dir", "parameters", "before", "runs", "per_run",
@@ -278,7 +271,8 @@ def _check_parameters(spec: StudySpec) -> None:
             return
         declared |= names
     reserved = set(STANDARD_PARAMETERS) - set(EXECUTION_ONLY_PARAMETERS)
-    valid = (declared | set(RUNNER_PARAMETERS) | set(EXECUTION_ONLY_PARAMETERS)) - reserved
+    # base_config is read by the runner itself, so it is valid without a notebook declaring it
+    valid = (declared | {"base_config", *EXECUTION_ONLY_PARAMETERS}) - reserved
     sources = [("-p", spec.cli_parameters), (f"{spec.path.name} parameters", spec.parameters)]
     sources += [(f"{spec.path.name} run {r.name}", r.parameters) for r in spec.runs]
     for where, mapping in sources:
@@ -417,10 +411,9 @@ def _check_selection(spec: StudySpec, force: list[str] | None, only: list[str] |
 
 def plan(spec: StudySpec, manifest: Manifest | None = None, force: list[str] | None = None,
          only: list[str] | None = None) -> list[Step]:
-    """All steps of the study in execution order, each with an action (run/skip/hold) and why.
+    """Every step in execution order with an action (run/skip/hold) and why.
 
-    `force`: None (nothing), [] (everything) or names of runs, steps or notebooks.
-    `only`: names of runs to execute (study-level steps still run when needed).
+    `force`: None (nothing), [] (everything) or run/arm/step/notebook names; `only`: runs or arms.
     """
     _check_selection(spec, force, only)
     manifest = manifest if manifest is not None else Manifest.load(spec.manifest_path)

@@ -1,8 +1,7 @@
 """Executed notebooks as committed results: machine paths removed, HTML rendered as a report.
 
-The executed `.ipynb` keeps every cell (code, parameters, full outputs); the HTML beside it is
-what a reviewer reads: narrative, tables and figures, without code, parameter cells or cells
-tagged for removal.
+The executed `.ipynb` keeps every cell; the HTML beside it is what a reviewer reads: narrative,
+tables and figures, without code, parameter cells or cells tagged for removal.
 """
 
 from __future__ import annotations
@@ -19,55 +18,38 @@ def relative_paths(notebook: Path, root: Path) -> None:
     import nbformat
 
     nb = nbformat.read(notebook, as_version=4)
-    prefix = str(Path(root).resolve()) + "/"
-
-    def strip(text: str) -> str:
-        return text.replace(prefix, "")
-
+    root = Path(root).resolve()
     meta = nb.metadata.get("papermill", {})
     for key in ("input_path", "output_path"):
-        if isinstance(meta.get(key), str):
-            meta[key] = _relative(meta[key], root)
-    for cell in nb.cells:
-        for out in cell.get("outputs", []):
-            if isinstance(out.get("text"), str):
-                out["text"] = strip(out["text"])
-            if out.get("traceback"):
-                out["traceback"] = [strip(line) for line in out["traceback"]]
-            plain = out.get("data", {}).get("text/plain")
-            if isinstance(plain, str):
-                out["data"]["text/plain"] = strip(plain)
+        if isinstance(meta.get(key), str) and Path(meta[key]).resolve().is_relative_to(root):
+            meta[key] = Path(meta[key]).resolve().relative_to(root).as_posix()
+    prefix = f"{root}/"
+    for out in (out for cell in nb.cells for out in cell.get("outputs", [])):
+        if isinstance(out.get("text"), str):
+            out["text"] = out["text"].replace(prefix, "")
+        if out.get("traceback"):
+            out["traceback"] = [line.replace(prefix, "") for line in out["traceback"]]
+        if isinstance(out.get("data", {}).get("text/plain"), str):
+            out["data"]["text/plain"] = out["data"]["text/plain"].replace(prefix, "")
     nbformat.write(nb, notebook)
-
-
-def _relative(path: str, root: Path) -> str:
-    try:
-        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
-    except ValueError:
-        return path
 
 
 def export_html(notebook: Path) -> Path:
     """Write <notebook>.html beside it: the report view, with CSS and images embedded.
 
-    Only MathJax and require.js come from a CDN; offline the page still shows its styles,
-    outputs and figures (formulas as TeX source).
+    Only MathJax and require.js come from a CDN; offline formulas show as TeX source.
     """
     import nbformat
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
 
-    remove = TagRemovePreprocessor(
-        remove_cell_tags=set(REMOVE_CELL_TAGS), remove_all_outputs_tags=set(REMOVE_OUTPUT_TAGS),
-        enabled=True,
-    )
     exporter = HTMLExporter(template_name="lab", embed_images=True, exclude_input=True,
                             exclude_input_prompt=True, exclude_output_prompt=True)
-    exporter.register_preprocessor(remove, enabled=True)
-    body, _ = exporter.from_notebook_node(
-        nbformat.read(notebook, as_version=4),
-        resources={"metadata": {"path": str(notebook.parent)}},
-    )
+    exporter.register_preprocessor(TagRemovePreprocessor(
+        remove_cell_tags=set(REMOVE_CELL_TAGS), remove_all_outputs_tags=set(REMOVE_OUTPUT_TAGS),
+        enabled=True), enabled=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4),
+                                          resources={"metadata": {"path": str(notebook.parent)}})
     out = notebook.with_suffix(".html")
     out.write_text(body, encoding="utf-8")
     return out

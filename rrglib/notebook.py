@@ -1,15 +1,8 @@
-"""The study notebooks' shared setup and the few helpers their cells share.
-
-Every notebook starts with `setup(num_threads, out_dir)`: it works from the repo root (a
-notebook opened by hand in JupyterLab starts in notebooks/), sets the thread count, keeps
-progress bars and known harmless warnings out of executed notebooks, and sets display
-defaults so tables are never truncated.
-"""
+"""The study notebooks' shared setup and the few helpers their cells share."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -25,6 +18,10 @@ class ForeignDataset(RuntimeError):
 
 def setup(num_threads: int | None = None, out_dir: str | Path | None = None) -> None:
     """Prepare a notebook: repo root as cwd, threads, quiet output, display defaults, out_dir."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+    from tqdm import TqdmWarning
+
     cwd = Path.cwd()
     if not (cwd / "configs").is_dir() and (cwd.parent / "configs").is_dir():
         os.chdir(cwd.parent)  # opened by hand from notebooks/: paths are relative to the repo
@@ -32,63 +29,36 @@ def setup(num_threads: int | None = None, out_dir: str | Path | None = None) -> 
         import torch
 
         torch.set_num_threads(int(num_threads))
-    quiet_warnings()
-    if os.environ.get("RRG_STUDY_RUNNER") or os.environ.get("TQDM_DISABLE"):
-        silence_progress_bars()
-    display_defaults()
-    if out_dir:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-
-
-def quiet_warnings() -> None:
-    """Hide warnings that say nothing about the results (each one measured in a rendered study)."""
-    from tqdm import TqdmWarning
-
+    # Warnings that say nothing about the results (each one seen in a rendered study).
     warnings.filterwarnings("ignore", category=TqdmWarning)  # "IProgress not found" (no widgets)
     # transformers' own deprecations (e.g. is_gradient_checkpointing): not about our numbers
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers(\.|$)")
     warnings.filterwarnings("ignore", message=r"Converting a tensor with requires_grad=True")
+    if os.environ.get("RRG_STUDY_RUNNER") or os.environ.get("TQDM_DISABLE"):
+        silence_progress_bars()
+    for option, value in [("max_columns", None), ("max_rows", 500), ("max_colwidth", None),
+                          ("width", 200)]:
+        pd.set_option(f"display.{option}", value)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "savefig.bbox": "tight",
+                         "axes.spines.top": False, "axes.spines.right": False})
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
 
 
 def silence_progress_bars() -> None:
     """Under the study runner, tqdm bars would leave hundreds of fragments in the notebook.
 
-    The runner prints one line per step on the terminal instead. tqdm honours TQDM_DISABLE
-    only where a call does not pass `disable=` itself, so the class that `tqdm.auto` hands out
-    is replaced before the library imports it.
+    tqdm honours TQDM_DISABLE only where a call does not pass `disable=` itself, so the class
+    that `tqdm.auto` hands out is replaced before the library imports it.
     """
     import tqdm.auto
     from tqdm.std import tqdm as std_tqdm
 
     class QuietTqdm(std_tqdm):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
+            super().__init__(*args, **{**kwargs, "disable": True})
 
     tqdm.auto.tqdm = QuietTqdm
-
-
-def display_defaults() -> None:
-    """Untruncated pandas tables and one matplotlib style for every figure."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    pd.set_option("display.max_columns", None)
-    pd.set_option("display.max_rows", 500)
-    pd.set_option("display.max_colwidth", None)
-    pd.set_option("display.width", 200)
-    plt.rcParams.update({"figure.dpi": 110, "savefig.dpi": 110, "savefig.bbox": "tight",
-                         "axes.spines.top": False, "axes.spines.right": False})
-
-
-def format_p(p: float | None, n_perm: int) -> str:
-    """A permutation p-value for a reader: at the floor 1/(n_perm+1) it is "< 0.0002" style."""
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        return "n/a"
-    floor = 1.0 / (n_perm + 1)
-    if p <= floor * (1 + 1e-9):
-        return f"< {floor:.2g}"  # no permutation was as extreme: only an upper bound is known
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.2g}"
 
 
 def demo_data_state(data_dir: str | Path, **wanted: Any) -> str:
@@ -100,9 +70,8 @@ def demo_data_state(data_dir: str | Path, **wanted: Any) -> str:
     d = Path(data_dir)
     if not d.exists() or (d.is_dir() and not d.is_symlink() and not any(d.iterdir())):
         return "build"
-    meta_file = d / DEMO_META
     try:
-        meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+        meta = json.loads((d / DEMO_META).read_text()) if (d / DEMO_META).is_file() else {}
     except json.JSONDecodeError:
         meta = {}
     if d.is_symlink() or (d / "images").is_symlink() or meta.get("builder") != DEMO_BUILDER:
@@ -116,11 +85,7 @@ def demo_data_state(data_dir: str | Path, **wanted: Any) -> str:
 
 
 def study_provenance(study_dir: str | Path) -> tuple[Any, list[str]]:
-    """Commit, CPU and thread count of each finished step, and the manifest's warnings.
-
-    Returns (table, warnings): a DataFrame with one row per (commit, environment, threads)
-    and how many steps ran so, and lines that say loudly when the study mixes them.
-    """
+    """(finished steps per commit, environment and threads as a DataFrame, manifest warnings)."""
     import pandas as pd
 
     from rrglib.study import Manifest, provenance_warnings
@@ -128,18 +93,13 @@ def study_provenance(study_dir: str | Path) -> tuple[Any, list[str]]:
     manifest = Manifest.load(Path(study_dir) / "manifest.json")
     envs = manifest.data.get("environments", {})
     rows = []
-    for rec in manifest.steps.values():
-        if rec.get("status") != "done":
-            continue
-        env = envs.get(rec.get("environment"), {})
-        rows.append({
-            "commit": str((rec.get("git") or {}).get("commit"))[:10],
-            "dirty": (rec.get("git") or {}).get("dirty"),
-            "cpu": (env.get("cpu") or {}).get("model"),
-            "torch cpu capability": (env.get("torch_build") or {}).get("cpu_capability"),
-            "torch": (env.get("packages") or {}).get("torch"),
-            "threads": rec.get("threads"),
-        })
+    for rec in (r for r in manifest.steps.values() if r.get("status") == "done"):
+        env, git = envs.get(rec.get("environment"), {}), rec.get("git") or {}
+        rows.append({"commit": str(git.get("commit"))[:10], "dirty": git.get("dirty"),
+                     "cpu": (env.get("cpu") or {}).get("model"),
+                     "torch cpu capability": (env.get("torch_build") or {}).get("cpu_capability"),
+                     "torch": (env.get("packages") or {}).get("torch"),
+                     "threads": rec.get("threads")})
     table = pd.DataFrame(rows)
     if len(table):
         table = table.value_counts(dropna=False).rename("steps").reset_index()

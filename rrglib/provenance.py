@@ -31,22 +31,21 @@ BUILD_KEYS = ("TORCH_VERSION", "BLAS_INFO", "LAPACK_INFO", "USE_MKL", "USE_MKLDN
 
 def git_state(root: Path, exclude: Path | None = None) -> dict[str, Any]:
     """{"commit", "dirty"} of the checkout at root; both None outside git."""
+    root = Path(root).resolve()
+    # The study's own results are rewritten while it runs; they do not make the code dirty.
+    skip = []
+    if exclude is not None and Path(exclude).resolve().is_relative_to(root):
+        skip = [f":(exclude){Path(exclude).resolve().relative_to(root).as_posix()}"]
 
     def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30)
-        if out.returncode != 0:
-            raise RuntimeError(out.stderr)
-        return out.stdout.strip()
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
-        # The study's own results are rewritten while it runs; they do not make the code dirty.
-        inside = exclude is not None and Path(exclude).resolve().is_relative_to(Path(root).resolve())
-        skip = [f":(exclude){Path(exclude).resolve().relative_to(Path(root).resolve()).as_posix()}"
-                ] if inside else []
         dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", *skip))
         return {"commit": commit, "dirty": dirty}
-    except (OSError, RuntimeError, subprocess.TimeoutExpired):
+    except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
 
 
@@ -54,14 +53,13 @@ def cpu_info() -> dict[str, Any]:
     """CPU model and the instruction-set flags that change numerics (Linux /proc/cpuinfo)."""
     model, flags = platform.processor() or platform.machine(), set()
     cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            model = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            break
     return {"model": model, "isa": [f for f in ISA_FLAGS if f in flags]}
 
 

@@ -4,43 +4,14 @@
         [--only RUN ...] [--force [NAME ...]]
     python -m rrglib.study status configs/study_demo.yaml [-p key=value ...]
 
-Study spec (YAML)::
-
-    name: demo                  # results/<name>/ and runs/<name>/ by default
-    results_dir: results/demo   # optional: executed notebooks, HTML, manifest.json
-    work_dir: runs/demo         # optional: checkpoints, caches (gitignored)
-    config: configs/demo.yaml   # optional base run config; else parameters.base_config
-    parameters: {base_config: configs/demo.yaml, ...}   # for every notebook (-p wins)
-    before: [00_overview, 10_data]          # study-level, once, before the runs
-    runs:
-      - {name: frozen, overrides: [train.strategy=frozen], parameters: {}, config: ...}
-      - {name: two_stage, overrides: [...], seeds: [0, 1, 2]}  # runs two_stage_s0, _s1, _s2
-    per_run: [20_train, 30_evaluate, 40_attention]  # in order for every run
-    first_seed_only: [40_attention]         # per_run notebooks run for an arm's first seed only
-    after: [90_summary]                     # after every run is done
-    comparisons: [[two_stage, frozen], ...] # arm pairs 90_summary tests (optional)
-    hypotheses:                             # the pre-registered tests (rrglib.reporting)
-      - {name: H2, arm_a: two_stage, arm_b: frozen, metric: F1-RB-13abn-micro,
-         direction: greater, family: primary, text: "two-stage beats the frozen encoder"}
-
-An entry of `runs` is an *arm*. With `seeds: [s, ...]` it expands into one run per seed, named
-`<arm>_s<seed>`, with `train.seed=<seed>` appended to its overrides; without `seeds` the arm is
-one run of the same name. `comparisons`, `hypotheses`, `--only` and `--force` name arms
-(`--only`/`--force` also take run names); notebooks receive `runs` (every run's name) and `arms`
-({arm: its runs' names, in seed order}).
-
-Notebooks run with cwd = the repo root (the spec's parent's parent, or `root:`). Each gets the
-standard parameters (`study_name`, `study_dir`, `work_dir`, `run_name`, `run_dir`,
-`run_work_dir`, `config`, `overrides`, `runs`, `arms`, `comparisons`, `hypotheses`,
-`num_threads`; paths relative
-to the root)
-and then the spec's, the run's and the `-p` parameters. A parameter no notebook of the study
-declares is an error, so a misspelt name never runs the study with a default.
-
-A step executes again when it never finished, when its notebook, the parameters its
-`parameters` cell declares, or its config changed, when it is forced, or when a step it reads
-from executes again; so a failed study resumes at the failed step. Results executed in another
-checkout (a fresh clone with the committed results and no checkpoints) execute again.
+A spec (configs/study_*.yaml) names the study, its `parameters` (`-p` wins), the notebooks to run
+`before` the runs, for each run (`per_run`; `first_seed_only` ones for an arm's first seed) and
+`after` them, and its arms (`runs`); an arm with `seeds` expands into runs `<arm>_s<seed>` with
+`train.seed=<seed>` appended to its overrides. Notebooks run with cwd = the repo root and get
+STANDARD_PARAMETERS, then the spec's, the run's and the `-p` parameters; a parameter no notebook
+declares is an error, so a misspelt name never runs the study with a default. A step executes
+again when it never finished, when its notebook, its declared parameters or its config changed,
+when forced, when a step it reads from executes again, or when executed in another checkout.
 """
 
 from __future__ import annotations
@@ -49,6 +20,7 @@ import argparse
 import ast
 import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -63,6 +35,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import yaml
 
@@ -74,12 +47,10 @@ STANDARD_PARAMETERS = (
     "study_name", "study_dir", "work_dir", "run_name", "run_dir", "run_work_dir", "config",
     "overrides", "runs", "arms", "comparisons", "hypotheses", "num_threads",
 )  # fmt: skip
-# Read by the runner itself (the base config), so valid without a notebook declaring it.
-RUNNER_PARAMETERS = ("base_config",)
 # Parameters that change how fast a notebook runs, not what it computes: kept out of hashes.
 EXECUTION_ONLY_PARAMETERS = ("num_threads",)
-SPEC_KEYS = ("name", "root", "results_dir", "work_dir", "notebooks_dir", "config", "parameters",
-             "before", "runs", "per_run", "first_seed_only", "after", "comparisons", "hypotheses")
+SPEC_KEYS = ("name", "root", "results_dir", "work_dir", "parameters", "before", "runs", "per_run",
+             "first_seed_only", "after", "comparisons", "hypotheses")
 RUN_KEYS = ("name", "overrides", "parameters", "config", "seeds")
 # The keys of rrglib.reporting.Hypothesis (tests/test_study.py checks the two agree).
 HYPOTHESIS_KEYS = ("name", "arm_a", "arm_b", "metric", "direction", "text", "family")
@@ -116,15 +87,11 @@ class RunSpec:
     """One run: an arm of the spec, or one seed of an arm declared with `seeds`."""
 
     name: str
-    overrides: list[str] = field(default_factory=list)
-    parameters: dict[str, Any] = field(default_factory=dict)
-    config: str | None = None
-    arm: str = ""  # the spec entry's name; "" means the run's own name
-    seed: int | None = None  # set when the arm declares `seeds`
+    overrides: list[str]
+    parameters: dict[str, Any]
+    config: str | None
+    arm: str  # the spec entry's name (== name for an arm without seeds)
     first_seed: bool = True  # False for an arm's later seeds (they skip `first_seed_only`)
-
-    def __post_init__(self) -> None:
-        self.arm = self.arm or self.name
 
 
 @dataclass
@@ -132,23 +99,21 @@ class StudySpec:
     name: str
     path: Path
     root: Path
-    notebooks_dir: Path
     results_dir: Path
     work_dir: Path
-    config: str | None
     parameters: dict[str, Any]
     cli_parameters: dict[str, Any]
     before: list[str]
     runs: list[RunSpec]
     per_run: list[str]
     after: list[str]
-    comparisons: list[tuple[str, str]] = field(default_factory=list)
     first_seed_only: list[str] = field(default_factory=list)
+    comparisons: list[tuple[str, str]] = field(default_factory=list)
     hypotheses: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def arms(self) -> dict[str, list[str]]:
-        """{arm: the names of its runs}, in spec order (one run for an arm without seeds)."""
+        """{arm: the names of its runs}, in spec order."""
         arms: dict[str, list[str]] = {}
         for r in self.runs:
             arms.setdefault(r.arm, []).append(r.name)
@@ -157,6 +122,10 @@ class StudySpec:
     @property
     def manifest_path(self) -> Path:
         return self.results_dir / "manifest.json"
+
+    @property
+    def notebooks_dir(self) -> Path:
+        return self.root / "notebooks"
 
     @property
     def notebooks(self) -> list[str]:
@@ -180,39 +149,10 @@ def check_name(name: Any, what: str) -> str:
     return name
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise SpecError(f"study spec {path} does not exist (see configs/study_*.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path} is not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: a study spec must be a YAML mapping")
-    unknown = sorted(set(data) - set(SPEC_KEYS))
+def _check_keys(where: str, data: dict, valid: tuple[str, ...]) -> None:
+    unknown = sorted(set(data) - set(valid))
     if unknown:
-        raise SpecError(f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(SPEC_KEYS)}")
-    return data
-
-
-def _parse_seeds(path: Path, name: str, raw: Any) -> list[int] | None:
-    if raw is None:
-        return None
-    ok = (isinstance(raw, list) and raw and len(set(raw)) == len(raw)
-          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in raw))
-    if not ok:
-        raise SpecError(f"{path}: run {name}: seeds must be a non-empty list of distinct integers "
-                        f">= 0, e.g. seeds: [0, 1, 2]; got {raw!r}")
-    return list(raw)
-
-
-def expand_seeds(arm: RunSpec, seeds: list[int] | None) -> list[RunSpec]:
-    """One run per seed (`<arm>_s<seed>`, override `train.seed=<seed>` last), or the arm itself."""
-    if seeds is None:
-        return [arm]
-    return [RunSpec(f"{arm.name}_s{seed}", [*arm.overrides, f"train.seed={seed}"],
-                    dict(arm.parameters), arm.config, arm=arm.name, seed=seed, first_seed=i == 0)
-            for i, seed in enumerate(seeds)]
+        raise SpecError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
 
 
 def _parse_runs(path: Path, raw_runs: list[Any]) -> list[RunSpec]:
@@ -222,39 +162,40 @@ def _parse_runs(path: Path, raw_runs: list[Any]) -> list[RunSpec]:
         if not isinstance(raw, dict):
             raise SpecError(f"{path}: runs[{i}] must be a mapping with a `name`")
         name = check_name(raw.get("name"), f"{path}: runs[{i}] name")
-        extra = sorted(set(raw) - set(RUN_KEYS))
-        if extra:
-            raise SpecError(f"{path}: run {name}: unknown key(s) {', '.join(extra)}; "
-                            f"valid: {', '.join(RUN_KEYS)}")
+        _check_keys(f"{path}: run {name}", raw, RUN_KEYS)
         overrides = [str(o) for o in raw.get("overrides") or []]
-        arm = RunSpec(name, overrides, dict(raw.get("parameters") or {}), raw.get("config"))
-        runs += expand_seeds(arm, _parse_seeds(path, name, raw.get("seeds")))
+        config, seeds = raw.get("config"), raw.get("seeds")
+        params = dict(raw.get("parameters") or {})
+        if seeds is None:
+            runs.append(RunSpec(name, overrides, params, config, name))
+        elif (isinstance(seeds, list) and seeds and len(set(seeds)) == len(seeds)
+              and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+            runs += [RunSpec(f"{name}_s{seed}", [*overrides, f"train.seed={seed}"], dict(params),
+                             config, name, first_seed=j == 0) for j, seed in enumerate(seeds)]
+        else:
+            raise SpecError(f"{path}: run {name}: seeds must be a non-empty list of distinct "
+                            f"integers >= 0, e.g. seeds: [0, 1, 2]; got {seeds!r}")
         arms.append(name)
     names = [r.name for r in runs]
     dupes = {n for n in names if names.count(n) > 1} | {a for a in arms if arms.count(a) > 1}
     # an arm's name may equal its own single run; any other coincidence makes names ambiguous
-    clash = sorted(set(arms) & {r.name for r in runs if r.arm != r.name})
-    if dupes or clash:
-        raise SpecError(f"{path}: run or arm name(s) used twice: {', '.join(sorted({*dupes, *clash}))}"
+    dupes |= set(arms) & {r.name for r in runs if r.arm != r.name}
+    if dupes:
+        raise SpecError(f"{path}: run or arm name(s) used twice: {', '.join(sorted(dupes))}"
                         " (an arm with `seeds` makes runs <arm>_s<seed>: rename the clashing arm)")
     return runs
 
 
-def _parse_comparisons(path: Path, raw: Any, runs: list[RunSpec]) -> list[tuple[str, str]]:
-    names = {r.arm for r in runs}
-    pairs = []
+def _parse_comparisons(path: Path, raw: Any, arms: set[str]) -> list[tuple[str, str]]:
     for item in raw or []:
-        if not (isinstance(item, list) and len(item) == 2 and set(item) <= names):
+        if not (isinstance(item, list) and len(item) == 2 and set(item) <= arms):
             raise SpecError(f"{path}: comparisons: {item!r} must be a pair of run names (arm "
-                            f"names) from {', '.join(sorted(names))}, e.g. [two_stage, frozen]")
-        pairs.append((str(item[0]), str(item[1])))
-    return pairs
+                            f"names) from {', '.join(sorted(arms))}, e.g. [two_stage, frozen]")
+    return [(str(a), str(b)) for a, b in raw or []]
 
 
-def _parse_hypotheses(path: Path, raw: Any, runs: list[RunSpec]) -> list[dict[str, Any]]:
+def _parse_hypotheses(path: Path, raw: Any, arms: set[str]) -> list[dict[str, Any]]:
     """The pre-registered tests, checked here so a typo fails before hours of training."""
-    arms = {r.arm for r in runs}
-    out: list[dict[str, Any]] = []
     for i, item in enumerate(raw or []):
         where = f"{path}: hypotheses[{i}]"
         if not isinstance(item, dict):
@@ -270,47 +211,52 @@ def _parse_hypotheses(path: Path, raw: Any, runs: list[RunSpec]) -> list[dict[st
                             f"arm of the study; arms: {', '.join(sorted(arms))}")
         if item.get("direction", "greater") not in ("greater", "less"):
             raise SpecError(f"{where} ({item['name']}): direction must be greater or less")
-        out.append(dict(item))
-    names = [h["name"] for h in out]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    names = [h["name"] for h in raw or []]
+    dupes = sorted({str(n) for n in names if names.count(n) > 1})
     if dupes:
-        raise SpecError(f"{path}: hypothesis name(s) used twice: {', '.join(map(str, dupes))}")
-    return out
+        raise SpecError(f"{path}: hypothesis name(s) used twice: {', '.join(dupes)}")
+    return [dict(h) for h in raw or []]
 
 
 def load_spec(path: str | Path, params: dict[str, Any] | None = None) -> StudySpec:
     """Read and validate a study spec; `params` (e.g. from `-p`) override its parameters."""
     path = Path(path).resolve()
-    data = _read_mapping(path)
+    if not path.is_file():
+        raise SpecError(f"study spec {path} does not exist (see configs/study_*.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a study spec must be a YAML mapping")
+    _check_keys(str(path), data, SPEC_KEYS)
     name = check_name(data.get("name"), f"{path}: study name")
     root = (path.parent / data["root"]).resolve() if "root" in data else path.parent.parent
     runs = _parse_runs(path, data.get("runs") or [])
-    notebooks_dir = root / data.get("notebooks_dir", "notebooks")
     lists = {k: [str(n).removesuffix(".ipynb") for n in data.get(k) or []]
-             for k in ("before", "per_run", "after")}
-    first_only = [str(n).removesuffix(".ipynb") for n in data.get("first_seed_only") or []]
-    stray = sorted(set(first_only) - set(lists["per_run"]))
+             for k in ("before", "per_run", "after", "first_seed_only")}
+    stray = sorted(set(lists["first_seed_only"]) - set(lists["per_run"]))
     if stray:
         raise SpecError(f"{path}: first_seed_only lists {', '.join(stray)}, not in per_run "
                         f"({', '.join(lists['per_run'])})")
-    listed = {n for ns in lists.values() for n in ns}
-    missing = sorted(n for n in listed if not (notebooks_dir / f"{n}.ipynb").is_file())
+    listed = {*lists["before"], *lists["per_run"], *lists["after"]}
+    missing = sorted(n for n in listed if not (root / f"notebooks/{n}.ipynb").is_file())
     if missing:
-        raise SpecError(f"{path}: notebook(s) not found in {notebooks_dir}: {', '.join(missing)}")
+        raise SpecError(f"{path}: notebook(s) not found in {root / 'notebooks'}: "
+                        f"{', '.join(missing)}")
     clash = sorted({r.name for r in runs} & listed)
     if clash:
         raise SpecError(f"{path}: run name(s) equal to notebook names: {', '.join(clash)}")
     if runs and not lists["per_run"]:
         raise SpecError(f"{path}: `runs` given but `per_run` lists no notebooks")
+    arms = {r.arm for r in runs}
     spec = StudySpec(
-        name=name, path=path, root=root, notebooks_dir=notebooks_dir,
+        name=name, path=path, root=root, runs=runs,
         results_dir=root / data.get("results_dir", f"results/{name}"),
         work_dir=root / data.get("work_dir", f"runs/{name}"),
-        config=data.get("config"), parameters=dict(data.get("parameters") or {}),
-        cli_parameters=dict(params or {}), runs=runs,
-        comparisons=_parse_comparisons(path, data.get("comparisons"), runs),
-        first_seed_only=first_only, hypotheses=_parse_hypotheses(path, data.get("hypotheses"), runs),
-        **lists,
+        parameters=dict(data.get("parameters") or {}), cli_parameters=dict(params or {}),
+        comparisons=_parse_comparisons(path, data.get("comparisons"), arms),
+        hypotheses=_parse_hypotheses(path, data.get("hypotheses"), arms), **lists,
     )  # fmt: skip
     _check_parameters(spec)
     return spec
@@ -324,14 +270,15 @@ def _check_parameters(spec: StudySpec) -> None:
         if names is None:  # a notebook without a parameters cell takes anything
             return
         declared |= names
-    valid = (declared | set(RUNNER_PARAMETERS)) - set(STANDARD_PARAMETERS) | {"num_threads"}
+    reserved = set(STANDARD_PARAMETERS) - set(EXECUTION_ONLY_PARAMETERS)
+    # base_config is read by the runner itself, so it is valid without a notebook declaring it
+    valid = (declared | {"base_config", *EXECUTION_ONLY_PARAMETERS}) - reserved
     sources = [("-p", spec.cli_parameters), (f"{spec.path.name} parameters", spec.parameters)]
     sources += [(f"{spec.path.name} run {r.name}", r.parameters) for r in spec.runs]
     for where, mapping in sources:
-        clash = sorted(set(mapping) & (set(STANDARD_PARAMETERS) - {"num_threads"}))
-        if clash:
-            raise SpecError(f"{where}: may not set standard parameter(s) {', '.join(clash)} "
-                            "(the runner sets them)")
+        if set(mapping) & reserved:
+            raise SpecError(f"{where}: may not set standard parameter(s) "
+                            f"{', '.join(sorted(set(mapping) & reserved))} (the runner sets them)")
         unknown = sorted(set(mapping) - valid)
         if unknown:
             raise SpecError(f"{where}: unknown parameter(s) {', '.join(unknown)}: no notebook of "
@@ -358,17 +305,18 @@ class Step:
     key: str  # "10_data" (study-level) or "frozen/20_train"
     phase: str  # before | run | after
     run: str | None
-    arm: str | None  # the spec entry the run comes from (== run without `seeds`)
+    arm: str | None
     notebook: Path
     output: Path
     parameters: dict[str, Any]
-    config: str | None
-    overrides: list[str]
     upstream: list[str]  # keys of the steps whose results this one reads
     hashes: dict[str, str]  # notebook / parameters / config
-    config_hash: str
     action: str = "run"  # run | skip | hold (not selected, or waits for a held step)
     reason: str = ""
+
+    @property
+    def config_hash(self) -> str:
+        return _digest(self.hashes)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -386,10 +334,9 @@ def _config_digest(root: Path, config: str | None, overrides: list[str]) -> str:
     # The parsed YAML with overrides applied, so comment and layout edits do not rerun.
     if config is None:
         return _digest(overrides)
-    path = root / config
-    if not path.is_file():
+    if not (root / config).is_file():
         return f"missing:{config}"
-    data = yaml.safe_load(path.read_text()) or {}
+    data = yaml.safe_load((root / config).read_text()) or {}
     if isinstance(data, dict):
         apply_overrides(data, overrides)
     return _digest(data)
@@ -404,57 +351,40 @@ def _parameters_digest(params: dict[str, Any], declared: set[str] | None, phase:
 
 def _make_step(spec: StudySpec, nb: str, run: RunSpec | None, phase: str,
                upstream: list[str]) -> Step:
-    root = spec.root
     merged = {**spec.parameters, **(run.parameters if run else {}), **spec.cli_parameters}
-    config = (run.config if run else None) or spec.config or merged.get("base_config")
-    overrides = list(run.overrides) if run else []
     run_dir = spec.results_dir / run.name if run else None
     params: dict[str, Any] = {
-        "study_name": spec.name,
-        "study_dir": _rel(spec.results_dir, root),
-        "work_dir": _rel(spec.work_dir, root),
-        "run_name": run.name if run else None,
-        "run_dir": _rel(run_dir, root) if run_dir else None,
-        "run_work_dir": _rel(spec.work_dir / run.name, root) if run else None,
-        "config": config,
-        "overrides": overrides,
-        "runs": [r.name for r in spec.runs],
-        "arms": spec.arms,
-        "comparisons": [list(pair) for pair in spec.comparisons],
-        "hypotheses": [dict(h) for h in spec.hypotheses],
-        "num_threads": os.cpu_count() or 1,
+        "study_name": spec.name, "study_dir": _rel(spec.results_dir, spec.root),
+        "work_dir": _rel(spec.work_dir, spec.root), "run_name": run and run.name,
+        "run_dir": run_dir and _rel(run_dir, spec.root),
+        "run_work_dir": run and _rel(spec.work_dir / run.name, spec.root),
+        "config": (run and run.config) or merged.get("base_config"),
+        "overrides": list(run.overrides) if run else [], "runs": [r.name for r in spec.runs],
+        "arms": spec.arms, "comparisons": [list(pair) for pair in spec.comparisons],
+        "hypotheses": [dict(h) for h in spec.hypotheses], "num_threads": os.cpu_count() or 1,
         **merged,
-    }
+    }  # fmt: skip
     notebook = spec.notebooks_dir / f"{nb}.ipynb"
-    hashes = {
-        "notebook": hashlib.sha256(notebook.read_bytes()).hexdigest()[:16],
-        "parameters": _parameters_digest(params, declared_parameters(notebook), phase),
-        "config": _config_digest(root, config, overrides),
-    }
-    return Step(
-        key=f"{run.name}/{nb}" if run else nb, phase=phase, run=run.name if run else None,
-        arm=run.arm if run else None,
-        notebook=notebook, output=(run_dir or spec.results_dir) / f"{nb}.ipynb",
-        parameters=params, config=config, overrides=overrides, upstream=upstream,
-        hashes=hashes, config_hash=_digest(hashes),
-    )  # fmt: skip
+    hashes = {"notebook": hashlib.sha256(notebook.read_bytes()).hexdigest()[:16],
+              "parameters": _parameters_digest(params, declared_parameters(notebook), phase),
+              "config": _config_digest(spec.root, params["config"], params["overrides"])}
+    return Step(f"{run.name}/{nb}" if run else nb, phase, run and run.name, run and run.arm,
+                notebook, (run_dir or spec.results_dir) / f"{nb}.ipynb", params, upstream, hashes)
 
 
-def read_workspace(work_dir: Path) -> str | None:
-    """The id of the checkout whose <work_dir> holds this study's checkpoints (None if absent)."""
+def read_workspace(work_dir: Path, create: bool = False) -> str | None:
+    """The id of the checkout whose <work_dir> holds this study's checkpoints (None if absent).
+
+    The committed manifest names the workspace it was executed in; a fresh clone has no
+    <work_dir>, so its first `run` executes the whole study instead of skipping steps whose
+    checkpoints it does not have.
+    """
     path = Path(work_dir) / WORKSPACE_FILE
-    return (path.read_text().strip() or None) if path.is_file() else None
-
-
-def _ensure_workspace(work_dir: Path) -> str:
-    # The committed manifest names the workspace it was executed in; a fresh clone has no
-    # <work_dir>, so its first `run` executes the whole study instead of skipping steps whose
-    # checkpoints it does not have.
-    current = read_workspace(work_dir)
-    if current is None:
-        work_dir.mkdir(parents=True, exist_ok=True)
+    current = (path.read_text().strip() or None) if path.is_file() else None
+    if current is None and create:
+        path.parent.mkdir(parents=True, exist_ok=True)
         current = uuid.uuid4().hex
-        (work_dir / WORKSPACE_FILE).write_text(current + "\n")
+        path.write_text(current + "\n")
     return current
 
 
@@ -481,26 +411,22 @@ def _check_selection(spec: StudySpec, force: list[str] | None, only: list[str] |
 
 def plan(spec: StudySpec, manifest: Manifest | None = None, force: list[str] | None = None,
          only: list[str] | None = None) -> list[Step]:
-    """All steps of the study in execution order, each with an action (run/skip/hold) and why.
+    """Every step in execution order with an action (run/skip/hold) and why.
 
-    `force`: None (nothing), [] (everything) or names of runs, steps or notebooks.
-    `only`: names of runs to execute (study-level steps still run when needed).
+    `force`: None (nothing), [] (everything) or run/arm/step/notebook names; `only`: runs or arms.
     """
     _check_selection(spec, force, only)
     manifest = manifest if manifest is not None else Manifest.load(spec.manifest_path)
     steps: list[Step] = []
-    prev: list[str] = []
     for nb in spec.before:
-        steps.append(_make_step(spec, nb, None, "before", prev))
-        prev = [steps[-1].key]
-    ends = []
+        steps.append(_make_step(spec, nb, None, "before", [s.key for s in steps[-1:]]))
+    prev, ends = [s.key for s in steps[-1:]], []
     for run in spec.runs:
         run_prev = prev
         for nb in spec.per_run:
-            if not run.first_seed and nb in spec.first_seed_only:
-                continue
-            steps.append(_make_step(spec, nb, run, "run", run_prev))
-            run_prev = [steps[-1].key]
+            if run.first_seed or nb not in spec.first_seed_only:
+                steps.append(_make_step(spec, nb, run, "run", run_prev))
+                run_prev = [steps[-1].key]
         ends += run_prev
     prev = ends or prev
     for nb in spec.after:
@@ -508,14 +434,12 @@ def plan(spec: StudySpec, manifest: Manifest | None = None, force: list[str] | N
         prev = [steps[-1].key]
 
     by_key = {s.key: s for s in steps}
-    foreign = from_another_checkout(spec, manifest)
+    foreign = from_another_checkout(spec, manifest) and (
+        f"results come from another checkout ({_rel(spec.work_dir, spec.root)} with its "
+        "checkpoints is not this one's)")
     for step in steps:
-        if foreign:
-            step.action, step.reason = "run", (
-                f"results come from another checkout ({_rel(spec.work_dir, spec.root)} with its "
-                "checkpoints is not this one's)")
-        else:
-            step.action, step.reason = _decide(step, by_key, manifest.steps, force)
+        step.action, step.reason = ("run", foreign) if foreign else _decide(
+            step, by_key, manifest.steps, force)
         if step.action == "run" and only is not None and not {step.run, step.arm} & {*only, None}:
             step.action, step.reason = "hold", f"not selected (--only); would run: {step.reason}"
     return steps
@@ -556,8 +480,7 @@ class Manifest:
     """results/<study>/manifest.json: one record per step, plus the environments they ran in."""
 
     def __init__(self, path: Path, data: dict[str, Any] | None = None):
-        self.path = Path(path)
-        self.data = data or {"steps": {}}
+        self.path, self.data = Path(path), data or {}
         self.data.setdefault("steps", {})
 
     @property
@@ -566,11 +489,8 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | Path) -> Manifest:
-        path = Path(path)
-        if not path.is_file():
-            return cls(path)
         try:
-            return cls(path, json.loads(path.read_text()))
+            return cls(path, json.loads(Path(path).read_text()) if Path(path).is_file() else None)
         except json.JSONDecodeError as e:
             raise SpecError(f"{path} is not valid JSON ({e}); delete it to start the study afresh"
                             ) from e
@@ -588,7 +508,7 @@ def provenance_warnings(manifest: Manifest) -> list[str]:
     """Say loudly when the finished steps came from several commits, dirty code or machines."""
     done = [r for r in manifest.steps.values() if r.get("status") == "done"]
     commits = sorted({str((r.get("git") or {}).get("commit")) for r in done})
-    envs = sorted({str(r.get("environment")) for r in done})
+    envs = {str(r.get("environment")) for r in done}
     out = []
     if len(commits) > 1:
         out.append(f"WARNING: the steps were executed from {len(commits)} different commits "
@@ -622,42 +542,18 @@ def ensure_kernel(work_dir: Path) -> str:
     """
     from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-    try:
-        spec = KernelSpecManager().get_kernel_spec("python3")
-        if spec.argv and _runs_this_python(spec.argv[0]):
+    with contextlib.suppress(NoSuchKernel):
+        argv = KernelSpecManager().get_kernel_spec("python3").argv
+        if argv and _runs_this_python(argv[0]):
             return "python3"
-    except NoSuchKernel:
-        pass
     kdir = work_dir / ".jupyter" / "kernels" / _KERNEL_NAME
     kdir.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
     (kdir / "kernel.json").write_text(json.dumps(
         {"argv": argv, "display_name": "Python 3 (ipykernel)", "language": "python"}, indent=1))
-    jpath = str(work_dir / ".jupyter")
     os.environ["JUPYTER_PATH"] = os.pathsep.join(
-        p for p in (jpath, os.environ.get("JUPYTER_PATH")) if p)
+        p for p in (str(work_dir / ".jupyter"), os.environ.get("JUPYTER_PATH")) if p)
     return _KERNEL_NAME
-
-
-@contextlib.contextmanager
-def _environ(updates: dict[str, str]) -> Iterator[None]:
-    old = {k: os.environ.get(k) for k in updates}
-    os.environ.update(updates)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def kernel_environment(num_threads: int) -> dict[str, str]:
-    """Environment of a notebook's kernel: its threads, and progress bars kept off the page."""
-    threads = str(num_threads)
-    return {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "RRG_STUDY_RUNNER": "1",
-            "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
 
 
 def _execute_step(step: Step, root: Path, kernel: str, progress_bar: bool) -> dict[str, Any]:
@@ -669,8 +565,12 @@ def _execute_step(step: Step, root: Path, kernel: str, progress_bar: bool) -> di
     t0 = time.monotonic()
     result: dict[str, Any] = {"status": "done", "error": None, "started_at": _now()}
     strip = str(root.resolve()) + "/"
+    threads = str(step.parameters.get("num_threads") or 1)
+    # The kernel's threads, and progress bars kept off the page (rrglib.notebook.setup).
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "RRG_STUDY_RUNNER": "1",
+           "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     try:
-        with _environ(kernel_environment(step.parameters.get("num_threads") or 1)):
+        with mock.patch.dict(os.environ, env):  # the kernel inherits them; restored after
             papermill.execute_notebook(
                 str(step.notebook), str(step.output), parameters=step.parameters,
                 kernel_name=kernel, cwd=str(root), progress_bar=progress_bar)
@@ -680,8 +580,7 @@ def _execute_step(step: Step, root: Path, kernel: str, progress_bar: bool) -> di
                       traceback=tb[-4000:], failed_cell=e.exec_count)
     except Exception as e:  # kernel died, timed out, could not start, ...
         result.update(status="failed", error=f"{type(e).__name__}: {e}".replace(strip, ""))
-    result["finished_at"] = _now()
-    result["wall_s"] = round(time.monotonic() - t0, 2)
+    result.update(finished_at=_now(), wall_s=round(time.monotonic() - t0, 2))
     if step.output.is_file():
         try:
             relative_paths(step.output, root)
@@ -692,13 +591,9 @@ def _execute_step(step: Step, root: Path, kernel: str, progress_bar: bool) -> di
 
 
 def _fmt_duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
-    m, s = divmod(int(round(seconds)), 60)
-    if m < 60:
-        return f"{m}m{s:02d}s"
+    m, s = divmod(round(seconds), 60)
     h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m"
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
 
 
 def _quiet_unknown_params(record: logging.LogRecord) -> bool:
@@ -706,63 +601,31 @@ def _quiet_unknown_params(record: logging.LogRecord) -> bool:
     return "Passed unknown parameter" not in record.getMessage()
 
 
-def _start_record(spec: StudySpec, step: Step, manifest: Manifest, common: dict) -> None:
-    manifest.steps[step.key] = {
-        "run": step.run, "phase": step.phase, "notebook": _rel(step.notebook, spec.root),
-        "output": _rel(step.output, spec.root), "status": "running", "reason": step.reason,
-        "config_hash": step.config_hash, "hashes": step.hashes, "config": step.config,
-        "overrides": step.overrides, "parameters": step.parameters,
-        "threads": step.parameters.get("num_threads"),
-        "upstream": {k: manifest.steps.get(k, {}).get("exec_id") for k in step.upstream},
-        "exec_id": uuid.uuid4().hex[:12], **common,
-        "started_at": _now(), "finished_at": None, "wall_s": None, "error": None,
-    }  # fmt: skip
-    manifest.save()
-
-
-def _mark_interrupted(manifest: Manifest, error: str) -> None:
-    """Steps still `running` (Ctrl-C, SIGTERM) become `failed`, so none is left running."""
-    for rec in manifest.steps.values():
-        if rec.get("status") == "running":
-            rec.update(status="failed", error=error, finished_at=_now())
-    manifest.save()
-
-
 @contextlib.contextmanager
 def _sigterm_raises() -> Iterator[None]:
     """Turn SIGTERM into `Terminated` (a KeyboardInterrupt) while the study runs."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
     def handler(signum: int, frame: Any) -> None:
         raise Terminated("terminated (SIGTERM)")
 
-    old = signal.signal(signal.SIGTERM, handler)
+    main = threading.current_thread() is threading.main_thread()  # signals work only there
+    old = signal.signal(signal.SIGTERM, handler) if main else None
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        if main:
+            signal.signal(signal.SIGTERM, old)
 
 
 @contextlib.contextmanager
 def _study_lock(path: Path) -> Iterator[None]:
     """One `run` per study at a time: a second would plan from a manifest about to change."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no advisory locks here; run one study at a time
-            yield
-            return
+    with open(path, "w") as f:  # closing the file releases the lock
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StudyLocked(f"the study is already running here ({path} is locked)") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+        yield
 
 
 def run_study(spec: StudySpec, dry_run: bool = False, force: list[str] | None = None,
@@ -784,89 +647,80 @@ def run_study(spec: StudySpec, dry_run: bool = False, force: list[str] | None = 
     with _study_lock(spec.work_dir / ".study.lock"), _sigterm_raises():
         manifest = Manifest.load(spec.manifest_path)  # read under the lock: it may have changed
         steps = plan(spec, manifest, force=force, only=only)
-        return _execute(spec, manifest, steps, [s for s in steps if s.action == "run"], out)
+        todo = [s for s in steps if s.action == "run"]
+        # Forget steps no longer in the spec, keep plan order so the file reads top to bottom;
+        # records of another checkout's execution are forgotten as a whole (all of it reruns).
+        old = {} if from_another_checkout(spec, manifest) else manifest.steps
+        manifest.data["steps"] = {s.key: old[s.key] for s in steps if s.key in old}
+        manifest.data.update(study=spec.name, spec=_rel(spec.path, spec.root),
+                             workspace=read_workspace(spec.work_dir, create=True))
+        out(f"study {spec.name}: {len(todo)} step(s) to run, {len(steps) - len(todo)} up to "
+            "date or held")
+        if todo:
+            _execute(spec, manifest, todo, out)
+        used = {r.get("environment") for r in manifest.steps.values()}
+        manifest.data["environments"] = {k: v for k, v in manifest.data.get("environments", {})
+                                         .items() if k in used}
+        manifest.data["commits"] = sorted({str((r.get("git") or {}).get("commit"))
+                                           for r in manifest.steps.values() if r.get("git")})
+        manifest.data["warnings"] = provenance_warnings(manifest)
+        manifest.save()
+        for line in manifest.data["warnings"]:
+            out(line)
+        return manifest
 
 
-def _execute(spec: StudySpec, manifest: Manifest, steps: list[Step], todo: list[Step],
-             out: Callable[[str], None]) -> Manifest:
-    """run_study's body, with the lock held: the steps in order, stopping at a failure."""
-    # Forget steps no longer in the spec, keep plan order so the file reads top to bottom;
-    # records of another checkout's execution are forgotten as a whole (all of it reruns here).
-    old = {} if from_another_checkout(spec, manifest) else manifest.steps
-    manifest.data["steps"] = {s.key: old[s.key] for s in steps if s.key in old}
-    manifest.data.update(study=spec.name, spec=_rel(spec.path, spec.root),
-                         workspace=_ensure_workspace(spec.work_dir))
-    out(f"study {spec.name}: {len(todo)} step(s) to run, {len(steps) - len(todo)} up to date "
-        "or held")
-    if todo:
-        env = provenance.environment()
-        manifest.data.setdefault("environments", {})[env["id"]] = env
-        common = {"git": provenance.git_state(spec.root, spec.results_dir),
-                  "environment": env["id"]}
-        logging.getLogger("papermill").addFilter(_quiet_unknown_params)
-        kernel = ensure_kernel(spec.work_dir)
-        failed = _execute_steps(spec, manifest, todo, kernel, common, out)
-        if failed:
-            raise StudyFailed(_failure_message(spec, manifest, failed), manifest)
-    # Environments no step points at any more are dropped.
-    used = {r.get("environment") for r in manifest.steps.values()}
-    manifest.data["environments"] = {k: v for k, v in manifest.data.get("environments", {}).items()
-                                     if k in used}
-    manifest.data["commits"] = sorted({str((r.get("git") or {}).get("commit"))
-                                       for r in manifest.steps.values() if r.get("git")})
-    manifest.data["warnings"] = provenance_warnings(manifest)
-    manifest.save()
-    for line in manifest.data["warnings"]:
-        out(line)
-    return manifest
-
-
-def _execute_steps(spec: StudySpec, manifest: Manifest, todo: list[Step], kernel: str,
-                   common: dict, out: Callable[[str], None]) -> str | None:
-    """Execute `todo` in order; the key of the step that failed (or was interrupted), or None."""
-    progress = sys.stderr.isatty()
+def _execute(spec: StudySpec, manifest: Manifest, todo: list[Step],
+             out: Callable[[str], None]) -> None:
+    """Execute `todo` in order; raise StudyFailed at a failed step, re-raise an interrupt."""
+    env = provenance.environment()
+    manifest.data.setdefault("environments", {})[env["id"]] = env
+    common = {"git": provenance.git_state(spec.root, spec.results_dir), "environment": env["id"]}
+    logging.getLogger("papermill").addFilter(_quiet_unknown_params)
+    kernel = ensure_kernel(spec.work_dir)
     t0 = time.monotonic()
-    failed = None
     for i, step in enumerate(todo, 1):
-        _start_record(spec, step, manifest, common)
+        manifest.steps[step.key] = {
+            "run": step.run, "phase": step.phase, "notebook": _rel(step.notebook, spec.root),
+            "output": _rel(step.output, spec.root), "status": "running", "reason": step.reason,
+            "config_hash": step.config_hash, "hashes": step.hashes,
+            "config": step.parameters["config"], "overrides": step.parameters["overrides"],
+            "parameters": step.parameters, "threads": step.parameters.get("num_threads"),
+            "upstream": {k: manifest.steps.get(k, {}).get("exec_id") for k in step.upstream},
+            "exec_id": uuid.uuid4().hex[:12], **common,
+            "started_at": _now(), "finished_at": None, "wall_s": None, "error": None,
+        }  # fmt: skip
+        manifest.save()
         out(f"[{i}/{len(todo)}] {step.key} started ({step.reason})")
         try:
-            result = _execute_step(step, spec.root, kernel, progress)
-        except KeyboardInterrupt as e:
-            _mark_interrupted(manifest, str(e) or "interrupted (Ctrl-C)")
-            _mark_skipped(spec, manifest, todo, step.key)
+            result = _execute_step(step, spec.root, kernel, sys.stderr.isatty())
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: no step is left `running`
+            manifest.steps[step.key].update(status="failed", error=str(e) or "interrupted (Ctrl-C)",
+                                            finished_at=_now())
+            _mark_skipped(spec, manifest, todo[i:], step.key)
             raise
         manifest.steps[step.key].update(result)
         manifest.save()
         took = _fmt_duration(result["wall_s"])
         if result["status"] != "done":
             out(f"[{i}/{len(todo)}] {step.key} FAILED after {took}: {result['error']}")
-            failed = step.key
-            break
+            _mark_skipped(spec, manifest, todo[i:], step.key)
+            r = manifest.steps[step.key]
+            raise StudyFailed(
+                f"study {spec.name} stopped: notebook {r['output']} failed: {r['error']}\n"
+                f"  (executed notebook with the traceback: {r['output']}; source: "
+                f"{r['notebook']}; rerun the same command to resume at this step)", manifest)
         out(f"[{i}/{len(todo)}] {step.key} done in {took}")
-    if failed:
-        _mark_skipped(spec, manifest, todo, failed)
-    else:
-        out(f"study {spec.name}: {len(todo)} step(s) done in "
-            f"{_fmt_duration(time.monotonic() - t0)}")
-    return failed
+    out(f"study {spec.name}: {len(todo)} step(s) done in {_fmt_duration(time.monotonic() - t0)}")
 
 
-def _mark_skipped(spec: StudySpec, manifest: Manifest, todo: list[Step], failed: str) -> None:
+def _mark_skipped(spec: StudySpec, manifest: Manifest, rest: list[Step], failed: str) -> None:
     """Steps planned after the failed one say why they did not run (for `status`)."""
-    keys = [s.key for s in todo]
-    for s in todo[keys.index(failed) + 1:]:
+    for s in rest:
         rec = manifest.steps.setdefault(
             s.key, {"run": s.run, "phase": s.phase, "notebook": _rel(s.notebook, spec.root)})
         rec.update(status="skipped", reason=f"not run: {failed} failed")
     manifest.save()
-
-
-def _failure_message(spec: StudySpec, manifest: Manifest, key: str) -> str:
-    r = manifest.steps[key]
-    return (f"study {spec.name} stopped: notebook {r['output']} failed: {r['error']}\n"
-            f"  (executed notebook with the traceback: {r['output']}; source: {r['notebook']};"
-            " rerun the same command to resume at this step)")
 
 
 def status_table(spec: StudySpec) -> str:
@@ -887,7 +741,8 @@ def status_table(spec: StudySpec) -> str:
 
 
 # -- CLI -----------------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point; returns the exit status."""
     ap = argparse.ArgumentParser(prog="python -m rrglib.study", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="execute the study's stale notebooks")
@@ -895,18 +750,13 @@ def _parser() -> argparse.ArgumentParser:
     for p in (run, status):
         p.add_argument("spec", help="study spec YAML, e.g. configs/study_demo.yaml")
         p.add_argument("-p", "--param", action="extend", nargs="+", default=[],
-                       metavar="KEY=VALUE", help="notebook parameter (YAML scalar), overrides the spec")
+                       metavar="KEY=VALUE", help="notebook parameter (YAML), overrides the spec")
     run.add_argument("--dry-run", action="store_true", help="list what would run and why")
     run.add_argument("--only", action="extend", nargs="+", metavar="RUN",
                      help="execute only these runs")
     run.add_argument("--force", nargs="*", metavar="NAME",
                      help="rerun everything, or the named runs / steps / notebooks")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Command line entry point; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = ap.parse_args(argv)
     try:
         spec = load_spec(args.spec, dict(parse_param(p) for p in args.param))
         if args.cmd == "status":

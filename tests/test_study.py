@@ -409,15 +409,6 @@ def test_comparisons_come_from_the_spec(tmp_path):
     assert ("two_stage_aux", "frozen_aux") in demo.comparisons
 
 
-def test_format_p_shows_the_permutation_floor():
-    from rrglib.notebook import format_p
-
-    assert format_p(1 / 5001, 5000) == "< 0.0002"
-    assert format_p(1 / 1001, 1000) == "< 0.001"
-    assert format_p(0.0312, 5000) == "0.031" and format_p(0.5, 1000) == "0.500"
-    assert format_p(float("nan"), 1000) == "n/a"
-
-
 def test_setup_helper(tmp_path, monkeypatch):
     import warnings
 

@@ -13,6 +13,7 @@ import yaml
 from rrglib.study import load_spec, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # the whole study under papermill: minutes
 # configs/study_smoke.yaml: two arms with seeds [0, 1]; the analyses run for seed 0 only
 ARMS = ("two_stage_aux", "deranged_aux")
 ANALYSES = ("40_attention", "50_calibration", "60_grounding")

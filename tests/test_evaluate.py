@@ -22,7 +22,7 @@ from rrglib.reporting import load_eval, stats_of
 from rrglib.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-NIH = ROOT.parent / "shared" / "fixtures" / "real_cxr"
+NIH = ROOT / "tests" / "fixtures" / "real_cxr"  # two NIH ChestX-ray14 images, downscaled
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,6 @@ def test_baselines_are_scored_like_models(run, tmp_path):
     assert res["retrieval"]["metrics"]["F1-RB-14-micro"] >= res["most_frequent"]["metrics"]["F1-RB-14-micro"]
 
 
-@pytest.mark.skipif(not NIH.is_dir(), reason="../shared/fixtures/real_cxr is not present")
 def test_single_image_cli_prints_one_report_per_image(run):
     images = sorted(str(p) for p in NIH.glob("*.png"))
     proc = subprocess.run([sys.executable, "-m", "rrglib.generate", *images, "--run", str(run)],

@@ -6,7 +6,15 @@ positions the query may attend to would give, (unmasked positions in [0, K)) / (
 positions up to and including the query). 1 = the prompts get what their length alone predicts;
 > 1 = the LLM looks at the image more than at an average token.
 
-The weights come from `ReportGenerator.generate(output_attentions=True)` (eager attention only).
+Intervals are over studies, the unit that varies: each study's share is first averaged over heads
+(and tokens), then a t interval is taken across studies. Real vs deranged images: the same reports,
+teacher-forced, read once with their own image and once with another study's (`rrglib.data.derangement`),
+so positions and text are identical and only the image-report association differs; the paired
+difference per study gets a t interval and a paired t-test. (Greedy generation cannot make this
+contrast: it sees no study-specific text, so a deranged run is a relabelling of the real one.)
+
+The weights come from `ReportGenerator.generate(output_attentions=True)` or, teacher-forced, from the
+LLM's forward pass (eager attention only).
 """
 
 from __future__ import annotations
@@ -17,8 +25,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import stats
 
 from rrglib.devices import autocast
+from rrglib.model import require_attentions
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -112,10 +122,49 @@ def prompt_attention(model: ReportGenerator, images: torch.Tensor | None = None,
     return frame.sort_values(["sample", "step", "layer", "head"], kind="stable", ignore_index=True)
 
 
+@torch.no_grad()
+def teacher_forced_attention(model: ReportGenerator, reports: Sequence[str], images: torch.Tensor | None = None,
+                             features: torch.Tensor | None = None, batch_size: int = 8,
+                             mixed_precision: str = "no") -> pd.DataFrame:
+    """Each report teacher-forced after its image -> rows (sample, layer, depth, head, share,
+    normalised_share), averaged over the report's tokens (+ eos, padding excluded). Pass the same
+    reports with deranged images for the real-vs-deranged contrast (eager attention only)."""
+    source = images if features is None else features
+    if source is None or len(source) != len(reports):
+        raise ValueError(f"pass one image (or row of features) per report: got {len(reports)} reports and "
+                         f"{'no images' if source is None else len(source)}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    start_q, frames = model.num_prefix_tokens, []
+    try:
+        for start in range(0, len(source), batch_size):
+            chunk = source[start : start + batch_size].to(device)
+            tok = model.tokenize_reports(list(reports[start : start + batch_size]))
+            with autocast(mixed_precision, device):
+                prompts = model.visual_prompts(**({"features": chunk} if features is not None else {"images": chunk}))
+                embeds, mask, _ = model.build_inputs(prompts, tok["input_ids"].to(device),
+                                                     tok["attention_mask"].to(device))
+                out = model.llm(inputs_embeds=embeds, attention_mask=mask, output_attentions=True)
+            require_attentions((out.attentions,))
+            share, norm = prompt_attention_share(out.attentions, model.cfg.mapper.num_prompts, mask)
+            # the query at position j chooses token j + 1 (as generation does): from the prefix's last
+            # position to the report's last; valid where that next token is a report token, not padding
+            valid = as_numpy(mask)[:, start_q:].astype(bool)  # (B, q)
+            share, norm = share[..., start_q - 1 : -1], norm[..., start_q - 1 : -1]
+            weight = valid[None, :, None, :] / valid.sum(1)[None, :, None, None]
+            frames.append(attention_frame((share * weight).sum(-1)[None], (norm * weight).sum(-1)[None],
+                                          sample_offset=start).drop(columns="step"))
+    finally:
+        model.train(was_training)
+    return pd.concat(frames, ignore_index=True)
+
+
 def summarise_prompt_attention(frame: pd.DataFrame, by: Sequence[str] = ("layer",),
                                value: str = "share") -> pd.DataFrame:
     """Mean over samples and steps per head, then mean/std/min/max over heads for each `by` group
-    (by layer: over that layer's heads; by step: over all heads of all layers)."""
+    (by layer: over that layer's heads; by step: over all heads of all layers). Describes heads;
+    for intervals use `summarise_over_studies`."""
     by = list(by)
     units = list(dict.fromkeys(by + ["layer", "head"]))
     per_head = frame.groupby(units, observed=True)[value].mean().reset_index()
@@ -127,37 +176,121 @@ def summarise_prompt_attention(frame: pd.DataFrame, by: Sequence[str] = ("layer"
     return out
 
 
-def plot_share(frames: pd.DataFrame | Mapping[str, pd.DataFrame], by: str, normalised: bool = False,
-               x: str | None = None, band: str = "std", ax: Any = None, **line: Any) -> Figure:
-    """Prompt attention share per `by` group ("layer" or "step"), one line per named frame; the band
-    is the spread over heads (`band` "minmax" or "std")."""
+# -- intervals over studies -------------------------------------------------------------------
+def per_study_share(frame: pd.DataFrame, by: str = "layer", value: str = "share") -> pd.DataFrame:
+    """Rows (sample, `by`, value): each study's share averaged over heads (and steps or layers)."""
+    return frame.groupby(["sample", by], observed=True)[value].mean().reset_index()
+
+
+def mean_interval(values: ArrayLike, confidence: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, lo, hi, n): a Student t interval for the mean; lo = hi = nan below two values."""
+    x = as_numpy(values).ravel()
+    x = x[~np.isnan(x)]
+    n = len(x)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    mean = float(x.mean())
+    if n < 2:
+        return mean, float("nan"), float("nan"), n
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * x.std(ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half, n
+
+
+def summarise_over_studies(frame: pd.DataFrame, by: str = "layer", value: str = "share",
+                           confidence: float = 0.95) -> pd.DataFrame:
+    """Per `by` group: mean, lo, hi (t interval over studies of the per-study share) and n studies."""
+    per_study = per_study_share(frame, by, value)
+    rows = [(key, *mean_interval(g[value], confidence)) for key, g in per_study.groupby(by)]
+    out = pd.DataFrame(rows, columns=[by, "mean", "lo", "hi", "n"])
+    if "depth" in frame and by == "layer":
+        out = out.merge(frame.groupby("layer")["depth"].first().reset_index(), on="layer", how="left")
+    return out
+
+
+def paired_difference(real: pd.DataFrame, control: pd.DataFrame, value: str = "share",
+                      confidence: float = 0.95) -> pd.DataFrame:
+    """Per layer, real minus control share of the same study (matched on `sample`): mean, lo, hi
+    (t interval), n, and the two-sided paired t-test's p (`p_value`; 1 when every difference is 0).
+    The t-test matches the interval: p < 1 - confidence exactly when the interval excludes 0."""
+    a, b = per_study_share(real, "layer", value), per_study_share(control, "layer", value)
+    both = a.merge(b, on=["sample", "layer"], suffixes=("_real", "_control"))
+    if both.empty:
+        raise ValueError("real and control frames share no (sample, layer): pass the same studies to both")
+    rows = []
+    for layer, g in both.groupby("layer"):
+        diff = (g[f"{value}_real"] - g[f"{value}_control"]).to_numpy()
+        mean, lo, hi, n = mean_interval(diff, confidence)
+        if n < 2:
+            p = float("nan")
+        elif np.allclose(diff, diff[0]):  # no spread: the t statistic is 0/0 or infinite
+            p = 1.0 if diff[0] == 0 else 0.0
+        else:
+            p = float(stats.ttest_rel(g[f"{value}_real"], g[f"{value}_control"]).pvalue)
+        rows.append((layer, mean, lo, hi, n, p))
+    return pd.DataFrame(rows, columns=["layer", "mean", "lo", "hi", "n", "p_value"])
+
+
+def compare_conditions(frames: Mapping[str, pd.DataFrame], reference: str = "real", control: str = "deranged",
+                       value: str = "share", confidence: float = 0.95) -> pd.DataFrame:
+    """Tidy rows (layer, condition, mean, lo, hi, n, p_value, test): each condition's share with its
+    interval over studies, then `reference - control` per study with the paired t-test."""
+    for name in (reference, control):
+        if name not in frames:
+            raise KeyError(f"no frame named {name!r}; got {sorted(frames)}")
+    parts = [summarise_over_studies(f, "layer", value, confidence)[["layer", "mean", "lo", "hi", "n"]]
+             .assign(condition=name) for name, f in frames.items()]
+    diff = paired_difference(frames[reference], frames[control], value, confidence)
+    parts.append(diff.assign(condition=f"{reference} - {control}", test="paired t-test"))
+    out = pd.concat(parts, ignore_index=True)
+    cols = ["layer", "condition", "mean", "lo", "hi", "n", "p_value", "test"]
+    return out.reindex(columns=cols).sort_values(["condition", "layer"], kind="stable", ignore_index=True)
+
+
+# -- plots ------------------------------------------------------------------------------------
+def plot_intervals(table: pd.DataFrame, x: str = "layer", group: str | None = "condition",
+                   clip: tuple[float, float] = (0.0, 1.0), ax: Any = None, **line: Any) -> Figure:
+    """Lines of `mean` with `lo`-`hi` bands (clipped to `clip`: a share lies in [0, 1]), one per
+    `group` value; rows without an interval draw no band."""
     import matplotlib.pyplot as plt
 
-    value = "normalised_share" if normalised else "share"
-    frames = {"": frames} if isinstance(frames, pd.DataFrame) else frames
     fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
-    for name, frame in frames.items():
-        s = summarise_prompt_attention(frame, (by,), value)
-        xs = s[x] if x in s else s[by]
-        (curve,) = ax.plot(xs, s["mean"], label=name or None, **line)
-        lo, hi = (s["min"], s["max"]) if band == "minmax" else (s["mean"] - s["std"], s["mean"] + s["std"])
-        ax.fill_between(xs, lo, hi, color=curve.get_color(), alpha=0.2, linewidth=0)
-    if normalised:
-        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
-    ax.set_xlabel({"depth": "relative depth (layer / last layer)", "step": "generation step"}.get(x or by, by))
-    ax.set_ylabel(("normalised " if normalised else "") + "attention share on visual prompts")
-    if any(frames):
+    groups = table.groupby(group, sort=False) if group else [("", table)]
+    for name, g in groups:
+        g = g.sort_values(x)
+        (curve,) = ax.plot(g[x], g["mean"], label=str(name) or None, **line)
+        lo, hi = g["lo"].clip(*clip), g["hi"].clip(*clip)
+        ax.fill_between(g[x], lo, hi, color=curve.get_color(), alpha=0.2, linewidth=0)
+    if group:
         ax.legend()
     return fig
 
 
+def plot_share(frames: pd.DataFrame | Mapping[str, pd.DataFrame], by: str, normalised: bool = False,
+               x: str | None = None, ax: Any = None, **line: Any) -> Figure:
+    """Prompt attention share per `by` group ("layer" or "step"), one line per named frame; the band
+    is the 95% t interval over studies, clipped to [0, 1] (normalised: to [0, inf))."""
+    value = "normalised_share" if normalised else "share"
+    frames = {"": frames} if isinstance(frames, pd.DataFrame) else frames
+    table = pd.concat([summarise_over_studies(f, by, value).assign(name=name) for name, f in frames.items()])
+    xs = x if x in table else by
+    fig = plot_intervals(table, xs, "name" if any(frames) else None,
+                         (0.0, np.inf) if normalised else (0.0, 1.0), ax, **line)
+    ax = fig.axes[0] if ax is None else ax
+    if normalised:
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+    ax.set_xlabel({"depth": "relative depth (layer / last layer)", "step": "generation step"}.get(xs, xs))
+    ax.set_ylabel(("normalised " if normalised else "") + "attention share on visual prompts")
+    return fig
+
+
 def plot_share_by_layer(frames: pd.DataFrame | Mapping[str, pd.DataFrame], normalised: bool = False,
-                        x: str = "depth", band: str = "minmax", ax: Any = None) -> Figure:
-    """Prompt attention share by layer (x: "depth" or "layer"), band = spread over heads."""
-    return plot_share(frames, "layer", normalised, x, band, ax, marker="o")
+                        x: str = "depth", ax: Any = None) -> Figure:
+    """Prompt attention share by layer (x: "depth" or "layer"), band = 95% interval over studies."""
+    return plot_share(frames, "layer", normalised, x, ax, marker="o")
 
 
 def plot_share_over_steps(frames: pd.DataFrame | Mapping[str, pd.DataFrame], normalised: bool = False,
                           ax: Any = None) -> Figure:
-    """Prompt attention share over generation steps (mean over layers and heads, band: std over heads)."""
+    """Prompt attention share over generation steps (per study: mean over layers and heads; band: 95%
+    interval over the studies still generating at that step)."""
     return plot_share(frames, "step", normalised, ax=ax)

@@ -241,9 +241,8 @@ def compare_conditions(frames: Mapping[str, pd.DataFrame], reference: str = "rea
              .assign(condition=name) for name, f in frames.items()]
     diff = paired_difference(frames[reference], frames[control], value, confidence)
     parts.append(diff.assign(condition=f"{reference} - {control}", test="paired t-test"))
-    out = pd.concat(parts, ignore_index=True)
     cols = ["layer", "condition", "mean", "lo", "hi", "n", "p_value", "test"]
-    return out.reindex(columns=cols).sort_values(["condition", "layer"], kind="stable", ignore_index=True)
+    return pd.concat(parts, ignore_index=True).reindex(columns=cols)  # conditions in the order given
 
 
 # -- plots ------------------------------------------------------------------------------------
@@ -252,6 +251,7 @@ def plot_intervals(table: pd.DataFrame, x: str = "layer", group: str | None = "c
     """Lines of `mean` with `lo`-`hi` bands (clipped to `clip`: a share lies in [0, 1]), one per
     `group` value; rows without an interval draw no band."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 4)) if ax is None else (ax.figure, ax)
     groups = table.groupby(group, sort=False) if group else [("", table)]
@@ -260,6 +260,8 @@ def plot_intervals(table: pd.DataFrame, x: str = "layer", group: str | None = "c
         (curve,) = ax.plot(g[x], g["mean"], label=str(name) or None, **line)
         lo, hi = g["lo"].clip(*clip), g["hi"].clip(*clip)
         ax.fill_between(g[x], lo, hi, color=curve.get_color(), alpha=0.2, linewidth=0)
+    if x in ("layer", "step"):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if group:
         ax.legend()
     return fig

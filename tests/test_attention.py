@@ -198,6 +198,8 @@ def test_sdpa_returns_no_attentions_and_we_say_so():
         model.generate(images=images, max_new_tokens=2, output_attentions=True)
     with pytest.raises(RuntimeError, match=re.escape("model.llm.attn_implementation: eager")):
         AT.prompt_attention(model, images=images, max_new_tokens=2)
+    with pytest.raises(RuntimeError, match=re.escape("model.llm.attn_implementation: eager")):
+        AT.teacher_forced_attention(model, ["a", "b"], images=images)
 
 
 def test_generation_attentions_cover_prefix_and_steps():

@@ -267,11 +267,13 @@ def stated_findings(texts: Sequence[str]) -> pd.DataFrame:
 
 def stating_fractions(generator: Any, batches: Iterable[Mapping[str, Any]], n_samples: int = 10,
                       max_new_tokens: int = 100, temperature: float = 1.0, seed: int = 0,
+                      device: str | torch.device = "cpu", mixed_precision: str = "no",
                       **greedy: Any) -> tuple[list[str], list[str], pd.DataFrame]:
     """Greedy reports, reference reports and, per study, the fraction of `n_samples` sampled
     reports (do_sample, `temperature`) that state each observation, over `batches` with "images"
     (or "features") and "reports". `generator` needs `generate(images=..., do_sample=...,
-    temperature=..., max_new_tokens=...)` returning `.texts`; `greedy` goes to the greedy call.
+    temperature=..., max_new_tokens=...)` returning `.texts`; `greedy` goes to the greedy call;
+    inputs are moved to `device` and run under `mixed_precision` autocast.
 
     N = 10 is the default: each study costs N + 1 generations; the fraction is an unbiased estimate
     of the model's own probability of stating the finding with resolution 1/N and standard error
@@ -282,21 +284,22 @@ def stating_fractions(generator: Any, batches: Iterable[Mapping[str, Any]], n_sa
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")
     torch.manual_seed(seed)
+    columns = stated_findings([""]).columns
     greedy_texts, references, frames = [], [], []
     for batch in batches:
-        inputs = {k: batch[k] for k in ("images", "features") if batch.get(k) is not None}
-        # the greedy report is the prediction; `greedy` (e.g. the run's generation config) may set its length
-        greedy_texts += generator.generate(**inputs, **{"max_new_tokens": max_new_tokens, **greedy,
-                                                        "do_sample": False}).texts
+        inputs = {k: batch[k].to(device) for k in ("images", "features") if batch.get(k) is not None}
         references += list(batch["reports"])
-        counts = None
-        for _ in range(n_samples):
-            texts = generator.generate(**inputs, do_sample=True, temperature=temperature,
-                                       max_new_tokens=max_new_tokens).texts
-            stated = stated_findings(texts).to_numpy(float)
-            counts = stated if counts is None else counts + stated
-        frames.append(pd.DataFrame(counts / n_samples, columns=stated_findings([""]).columns))
-    empty = pd.DataFrame(columns=stated_findings([""]).columns, dtype=float)
+        with autocast(mixed_precision, device):
+            # the greedy report is the prediction; `greedy` (e.g. the run's generation config) may set its length
+            greedy_texts += generator.generate(**inputs, **{"max_new_tokens": max_new_tokens, **greedy,
+                                                            "do_sample": False}).texts
+            counts = 0.0
+            for _ in range(n_samples):
+                texts = generator.generate(**inputs, do_sample=True, temperature=temperature,
+                                           max_new_tokens=max_new_tokens).texts
+                counts = counts + stated_findings(texts).to_numpy(float)
+        frames.append(pd.DataFrame(counts / n_samples, columns=columns))
+    empty = pd.DataFrame(columns=columns, dtype=float)
     return greedy_texts, references, pd.concat(frames, ignore_index=True) if frames else empty
 
 

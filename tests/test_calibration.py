@@ -227,3 +227,13 @@ def test_plot_reliability_writes_bin_counts():
     fig = C.plot_reliability({"x": (np.array([0.1, 0.15, 0.9]), np.array([0, 1, 1]))}, n_bins=2, show_counts=True)
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["n=1", "n=2"]
     plt.close(fig)
+
+
+def test_stating_fractions_with_smoke_model_are_seeded():
+    model = smoke_model("eager")
+    batch = {"images": torch.randn(2, 3, 64, 64), "reports": ["Cardiomegaly.", "Normal."]}
+    runs = [C.stating_fractions(model, [batch], n_samples=3, max_new_tokens=6, seed=5) for _ in range(2)]
+    texts, refs, frac = runs[0]
+    assert len(texts) == 2 and refs == batch["reports"] and frac.shape == (2, 14)
+    assert frac.equals(runs[1][2]) and texts == runs[1][0]  # same seed, same samples
+    assert ((frac * 3).round(9) % 1 == 0).all().all()  # multiples of 1/N

@@ -275,11 +275,12 @@ def stating_fractions(generator: Any, batches: Iterable[Mapping[str, Any]], n_sa
     temperature=..., max_new_tokens=...)` returning `.texts`; `greedy` goes to the greedy call;
     inputs are moved to `device` and run under `mixed_precision` autocast.
 
-    N = 10 is the default: each study costs N + 1 generations; the fraction is an unbiased estimate
-    of the model's own probability of stating the finding with resolution 1/N and standard error
-    at most 0.5 / sqrt(N) = 0.16 per study, small beside the spread of TP vs FP means over tens of
-    findings; doubling N halves neither cost nor bias, only that per-study noise by 1/sqrt(2).
-    Sampling is seeded once (`seed`), so the fractions are reproducible on one machine.
+    Why N = 10 (the default): each study costs N + 1 generations, linear in N. The fraction is an
+    unbiased estimate of the model's own probability of stating the finding for any N, so N only
+    sets its noise: resolution 1/N and a standard error of at most 0.5 / sqrt(N) = 0.16 per study,
+    which averages down over the tens of findings whose TP and FP means are compared; N = 20 would
+    double the cost to cut that noise by only 1/sqrt(2). Sampling is seeded once (`seed`), so the
+    fractions are reproducible on one machine.
     """
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")

@@ -3,7 +3,9 @@
 Token level: teacher-forced confidence (max softmax probability) against correctness on the
 reference reports; ECE and reliability diagrams; a temperature T fitted on validation
 (calibrated probabilities are softmax(logits / T); T > 1 softens an overconfident model).
-Finding level: see `finding_confidence`.
+Finding level, two confidences of a finding a greedy report states: `finding_confidence` (geometric
+mean probability of its mention tokens, as in the paper; it skips the decision to state it) and
+`stating_confidence` (the fraction of sampled reports that state it: includes the decision).
 """
 
 from __future__ import annotations
@@ -231,9 +233,10 @@ def finding_calibration_summary(frame: pd.DataFrame, n_bins: int = 10, strategy:
 
 
 def plot_reliability(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], n_bins: int = 15,
-                     strategy: str = "width", ax: Any = None) -> Figure:
+                     strategy: str = "width", ax: Any = None, show_counts: bool = False) -> Figure:
     """Reliability diagram: accuracy against mean confidence per bin, one line per named curve
-    (ECE in the legend), with the diagonal of perfect calibration."""
+    (ECE in the legend), with the diagonal of perfect calibration; `show_counts` writes each
+    bin's count beside its point (a bin of 2 findings says little)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5)) if ax is None else (ax.figure, ax)
@@ -241,7 +244,124 @@ def plot_reliability(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], n_bins: 
     for name, (conf, corr) in curves.items():
         t = reliability_table(conf, corr, n_bins, strategy)
         t = t[t["count"] > 0]
-        ax.plot(t["confidence"], t["accuracy"], marker="o", label=f"{name} (ECE {ece(conf, corr, n_bins, strategy):.3f})")
+        line, = ax.plot(t["confidence"], t["accuracy"], marker="o",
+                        label=f"{name} (ECE {ece(conf, corr, n_bins, strategy):.3f})")
+        if show_counts:
+            for x, y, n in zip(t["confidence"], t["accuracy"], t["count"], strict=True):
+                ax.annotate(f"n={n}", (x, y), textcoords="offset points", xytext=(4, -10),
+                            fontsize=7, color=line.get_color())
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy")
     ax.legend(loc="upper left")
     return fig
+
+
+# -- finding level, with the decision ---------------------------------------------------------
+STATED = (1.0, -1.0)  # positive or uncertain: the evaluation convention for "stated"
+
+
+def stated_findings(texts: Sequence[str]) -> pd.DataFrame:
+    """Boolean frame (report x observation): does the report state the finding (label 1 or -1)."""
+    labels = labeler.label_reports(list(texts))
+    return labels.isin(STATED)
+
+
+def stating_fractions(generator: Any, batches: Iterable[Mapping[str, Any]], n_samples: int = 10,
+                      max_new_tokens: int = 100, temperature: float = 1.0, seed: int = 0,
+                      device: str | torch.device = "cpu", mixed_precision: str = "no",
+                      **greedy: Any) -> tuple[list[str], list[str], pd.DataFrame]:
+    """Greedy reports, reference reports and, per study, the fraction of `n_samples` sampled
+    reports (do_sample, `temperature`) that state each observation, over `batches` with "images"
+    (or "features") and "reports". `generator` needs `generate(images=..., do_sample=...,
+    temperature=..., max_new_tokens=...)` returning `.texts`; `greedy` goes to the greedy call;
+    inputs are moved to `device` and run under `mixed_precision` autocast.
+
+    Why N = 10 (the default): each study costs N + 1 generations, linear in N. The fraction is an
+    unbiased estimate of the model's own probability of stating the finding for any N, so N only
+    sets its noise: resolution 1/N and a standard error of at most 0.5 / sqrt(N) = 0.16 per study,
+    which averages down over the tens of findings whose TP and FP means are compared; N = 20 would
+    double the cost to cut that noise by only 1/sqrt(2). Sampling is seeded once (`seed`), so the
+    fractions are reproducible on one machine.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+    torch.manual_seed(seed)
+    columns = stated_findings([""]).columns
+    greedy_texts, references, frames = [], [], []
+    for batch in batches:
+        inputs = {k: batch[k].to(device) for k in ("images", "features") if batch.get(k) is not None}
+        references += list(batch["reports"])
+        with autocast(mixed_precision, device):
+            # the greedy report is the prediction; `greedy` (e.g. the run's generation config) may set its length
+            greedy_texts += generator.generate(**inputs, **{"max_new_tokens": max_new_tokens, **greedy,
+                                                            "do_sample": False}).texts
+            counts = 0.0
+            for _ in range(n_samples):
+                texts = generator.generate(**inputs, do_sample=True, temperature=temperature,
+                                           max_new_tokens=max_new_tokens).texts
+                counts = counts + stated_findings(texts).to_numpy(float)
+        frames.append(pd.DataFrame(counts / n_samples, columns=columns))
+    empty = pd.DataFrame(columns=columns, dtype=float)
+    return greedy_texts, references, pd.concat(frames, ignore_index=True) if frames else empty
+
+
+def stating_confidence(greedy_texts: Sequence[str], references: Sequence[str],
+                       fractions: pd.DataFrame) -> pd.DataFrame:
+    """Rows (sample, observation, confidence, correct), one per finding a greedy report states:
+    confidence = the study's sampled stating fraction of it (`stating_fractions`); correct = the
+    reference states it too (so mean(correct) is the precision of the predicted findings)."""
+    if not len(greedy_texts) == len(references) == len(fractions):
+        raise ValueError(f"{len(greedy_texts)} greedy reports, {len(references)} references, "
+                         f"{len(fractions)} rows of stating fractions: one each per study")
+    pred, ref = stated_findings(greedy_texts), stated_findings(references)
+    findings = [o for o in CHEXPERT_OBSERVATIONS if o in labeler.MENTION_PATTERNS]
+    rows = [{"sample": i, "observation": o, "confidence": float(fractions.iloc[i][o]), "correct": bool(ref.at[i, o])}
+            for i in range(len(pred)) for o in findings if pred.at[i, o]]
+    return pd.DataFrame(rows, columns=["sample", "observation", "confidence", "correct"])
+
+
+def confidence_logit(confidence: ArrayLike, n_samples: int) -> np.ndarray:
+    """logit of a sampled fraction clipped to [1/(2N), 1 - 1/(2N)] (0 and 1 have no finite logit)."""
+    eps = 1.0 / (2 * n_samples)
+    p = np.clip(as_numpy(confidence).astype(float), eps, 1 - eps)
+    return np.log(p / (1 - p))
+
+
+def fit_confidence_temperature(confidence: ArrayLike, correct: ArrayLike, n_samples: int) -> float:
+    """Temperature T such that sigmoid(logit(confidence) / T) fits `correct` best (`fit_temperature`
+    on the two-class logits [0, logit]): fit on validation findings, apply with `scale_confidence`."""
+    z = confidence_logit(confidence, n_samples)
+    return fit_temperature(np.stack([np.zeros_like(z), z], axis=1), as_numpy(correct).astype(int))
+
+
+def scale_confidence(confidence: ArrayLike, temperature: float, n_samples: int) -> np.ndarray:
+    """sigmoid(logit(clipped confidence) / T): the temperature-scaled confidence."""
+    return 1.0 / (1.0 + np.exp(-confidence_logit(confidence, n_samples) / temperature))
+
+
+def tp_fp_confidence(frame: pd.DataFrame, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Counts, mean confidence of true (TP) and false positives (FP), and their difference TP - FP,
+    with percentile bootstrap intervals over studies (`sample`): findings of one study move together.
+    A resample with no TP (or no FP) is skipped for that mean; NaN when a group is empty."""
+    f = frame.dropna(subset=["confidence"])
+    tp, fp = f[f["correct"]], f[~f["correct"]]
+    out: dict[str, float] = {"n_tp": len(tp), "n_fp": len(fp), "n_studies": int(f["sample"].nunique()),
+                             "confidence_tp": float(tp["confidence"].mean()) if len(tp) else float("nan"),
+                             "confidence_fp": float(fp["confidence"].mean()) if len(fp) else float("nan")}
+    out["difference"] = out["confidence_tp"] - out["confidence_fp"]
+    # per study: sum and count of TP and FP confidences; a resample sums the drawn studies
+    g = f.assign(c_tp=f["confidence"] * f["correct"], n_tp=f["correct"].astype(float),
+                 c_fp=f["confidence"] * ~f["correct"], n_fp=(~f["correct"]).astype(float))
+    per = g.groupby("sample")[["c_tp", "n_tp", "c_fp", "n_fp"]].sum().to_numpy()
+    draws = {"confidence_tp": [], "confidence_fp": [], "difference": []}
+    if len(per):
+        rng = np.random.default_rng(seed)
+        tot = per[rng.integers(0, len(per), (n_boot, len(per)))].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            m_tp, m_fp = tot[:, 0] / tot[:, 1], tot[:, 2] / tot[:, 3]
+        draws = {"confidence_tp": m_tp, "confidence_fp": m_fp, "difference": m_tp - m_fp}
+    a = (1 - level) / 2
+    for k, v in draws.items():
+        v = np.asarray(v)[~np.isnan(np.asarray(v, dtype=float))]
+        lo, hi = (np.quantile(v, [a, 1 - a]) if len(v) else (float("nan"), float("nan")))
+        out[f"{k}_lo"], out[f"{k}_hi"] = float(lo), float(hi)
+    return out

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -148,3 +150,90 @@ def test_token_calibration_over_a_dataset_covers_every_report_token(tmp_path):
     res = C.token_calibration(model, C.report_batches(model, ds, batch_size=2))
     expected = int(model.tokenize_reports(list(ds.df["report"]))["attention_mask"].sum())
     assert len(res.correct) == expected and set(res.sample) == set(range(5))
+
+
+# -- finding level, with the decision ---------------------------------------------------------
+class ScriptedGenerator:
+    """A stand-in for ReportGenerator: greedy calls return `greedy`, the k-th sampled call returns
+    `samples[k]` (one text per study of the batch); records every call's keywords."""
+
+    def __init__(self, greedy: list[str], samples: list[list[str]]):
+        self.greedy, self.samples, self.calls = greedy, samples, []
+
+    def generate(self, images=None, features=None, **kw):
+        self.calls.append(kw)
+        n_sampled = sum(c["do_sample"] for c in self.calls[:-1])
+        texts = self.samples[n_sampled] if kw["do_sample"] else self.greedy
+        return SimpleNamespace(texts=list(texts[: len(images)]))
+
+
+def test_stating_fractions_and_confidence_hand_example():
+    greedy = ["Small pleural effusion. Heart size is normal.", "There is cardiomegaly. No effusion."]
+    samples = [["Pleural effusion.", "Cardiomegaly."],
+               ["No effusion.", "No cardiomegaly. Possible effusion."],
+               ["Possible pleural effusion.", "Heart size is normal."],
+               ["Normal.", "Cardiomegaly."]]
+    gen = ScriptedGenerator(greedy, samples)
+    batch = {"images": torch.zeros(2, 3, 8, 8), "reports": ["Pleural effusion.", "Normal heart."]}
+    texts, refs, frac = C.stating_fractions(gen, [batch], n_samples=4, max_new_tokens=7)
+    assert texts == greedy and refs == batch["reports"]
+    # study 0 states effusion in samples 1 and 3 (the uncertain one counts): 2/4
+    assert frac.loc[0, "Pleural Effusion"] == 0.5 and frac.loc[0, "Cardiomegaly"] == 0.0
+    # study 1: cardiomegaly in samples 1 and 4, effusion (uncertain) in sample 2
+    assert frac.loc[1, "Cardiomegaly"] == 0.5 and frac.loc[1, "Pleural Effusion"] == 0.25
+    assert [c["do_sample"] for c in gen.calls] == [False] + [True] * 4
+    assert all(c["max_new_tokens"] == 7 for c in gen.calls) and gen.calls[1]["temperature"] == 1.0
+    df = C.stating_confidence(texts, refs, frac)
+    # greedy predictions: effusion (study 0, in the reference), cardiomegaly (study 1, not)
+    assert list(zip(df["sample"], df["observation"], df["confidence"], df["correct"], strict=True)) == [
+        (0, "Pleural Effusion", 0.5, True), (1, "Cardiomegaly", 0.5, False)]
+    with pytest.raises(ValueError, match="one each per study"):
+        C.stating_confidence(texts[:1], refs, frac)
+    with pytest.raises(ValueError, match="n_samples"):
+        C.stating_fractions(gen, [batch], n_samples=0)
+
+
+def test_confidence_temperature_scaling_hand_example():
+    # N = 4: clipped to [1/8, 7/8]; logit(7/8) = log 7
+    z = C.confidence_logit([0.0, 0.5, 1.0], 4)
+    assert z == pytest.approx([-math.log(7), 0.0, math.log(7)])
+    assert C.scale_confidence([1.0, 0.5], 2.0, 4) == pytest.approx([math.sqrt(7) / (1 + math.sqrt(7)), 0.5])
+    # findings stated at confidence 7/8 that are right half the time: T -> large (confidence -> 0.5)
+    conf, correct = np.full(200, 1.0), np.r_[np.ones(100), np.zeros(100)]
+    t = C.fit_confidence_temperature(conf, correct, 4)
+    assert t > 20 and C.scale_confidence(conf, t, 4) == pytest.approx(np.full(200, 0.5), abs=0.05)
+    # right 7 times in 8 at confidence 7/8: already calibrated, T = 1
+    correct2 = np.r_[np.ones(175), np.zeros(25)]
+    assert C.fit_confidence_temperature(conf, correct2, 4) == pytest.approx(1.0, abs=0.02)
+
+
+def test_tp_fp_confidence_counts_means_and_intervals():
+    df = pd.DataFrame({"sample": [0, 0, 1, 2], "observation": ["a", "b", "a", "a"],
+                       "confidence": [0.9, 0.3, 0.7, float("nan")], "correct": [True, False, True, False]})
+    s = C.tp_fp_confidence(df, n_boot=500)
+    assert (s["n_tp"], s["n_fp"], s["n_studies"]) == (2, 1, 2)  # the NaN finding is left out
+    assert s["confidence_tp"] == pytest.approx(0.8) and s["confidence_fp"] == pytest.approx(0.3)
+    assert s["difference"] == pytest.approx(0.5)
+    # resampling the two studies: TP mean is 0.9 (study 0 only), 0.7 (study 1 only) or 0.8
+    assert s["confidence_tp_lo"] == pytest.approx(0.7) and s["confidence_tp_hi"] == pytest.approx(0.9)
+    assert s["confidence_fp_lo"] == s["confidence_fp_hi"] == pytest.approx(0.3)  # one FP, always drawn
+    # a difference needs study 0 (the FP): {0, 0} gives 0.9 - 0.3, {0, 1} gives 0.8 - 0.3
+    assert s["difference_lo"] == pytest.approx(0.5) and s["difference_hi"] == pytest.approx(0.6)
+    empty = C.tp_fp_confidence(df[df["correct"]])
+    assert empty["n_fp"] == 0 and math.isnan(empty["confidence_fp"]) and math.isnan(empty["difference_lo"])
+
+
+def test_plot_reliability_writes_bin_counts():
+    fig = C.plot_reliability({"x": (np.array([0.1, 0.15, 0.9]), np.array([0, 1, 1]))}, n_bins=2, show_counts=True)
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["n=1", "n=2"]
+    plt.close(fig)
+
+
+def test_stating_fractions_with_smoke_model_are_seeded():
+    model = smoke_model("eager")
+    batch = {"images": torch.randn(2, 3, 64, 64), "reports": ["Cardiomegaly.", "Normal."]}
+    runs = [C.stating_fractions(model, [batch], n_samples=3, max_new_tokens=6, seed=5) for _ in range(2)]
+    texts, refs, frac = runs[0]
+    assert len(texts) == 2 and refs == batch["reports"] and frac.shape == (2, 14)
+    assert frac.equals(runs[1][2]) and texts == runs[1][0]  # same seed, same samples
+    assert ((frac * 3).round(9) % 1 == 0).all().all()  # multiples of 1/N

@@ -67,3 +67,16 @@ def toy_sources(n: int = 20) -> pd.DataFrame:
         rows.append({"id": f"CXR{i + 1}", "findings": text, "impression": "", "report": text,
                      **labels})
     return pd.DataFrame(rows)
+
+
+def smoke_model(attn: str = "eager", llm: str = "tiny-gpt2"):
+    """The smoke profile's model (tiny random LLM), seeded, in eval mode."""
+    import torch
+
+    from rrglib.config import load_config
+    from rrglib.model import ReportGenerator
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml").model
+    cfg.llm.name, cfg.llm.attn_implementation = llm, attn
+    torch.manual_seed(0)
+    return ReportGenerator(cfg).eval()

@@ -14,19 +14,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from _toydata import smoke_model  # noqa: E402
 
 from rrglib import calibration as C  # noqa: E402
-from rrglib.config import load_config  # noqa: E402
-from rrglib.model import ReportGenerator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def smoke_model(attn: str = "eager", llm: str = "tiny-gpt2") -> ReportGenerator:
-    cfg = load_config(ROOT / "configs" / "smoke.yaml").model
-    cfg.llm.name, cfg.llm.attn_implementation = llm, attn
-    torch.manual_seed(0)
-    return ReportGenerator(cfg).eval()
 
 
 # -- calibration ------------------------------------------------------------------------------

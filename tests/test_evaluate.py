@@ -124,6 +124,7 @@ def test_baselines_are_scored_like_models(run, tmp_path):
     assert res["retrieval"]["metrics"]["F1-RB-14-micro"] >= res["most_frequent"]["metrics"]["F1-RB-14-micro"]
 
 
+@pytest.mark.slow
 def test_single_image_cli_prints_one_report_per_image(run):
     images = sorted(str(p) for p in NIH.glob("*.png"))
     proc = subprocess.run([sys.executable, "-m", "rrglib.generate", *images, "--run", str(run)],

@@ -309,7 +309,11 @@ def test_smollm2_fetch_failure_says_what_to_do(tmp_path, monkeypatch):
 
 
 def test_unknown_hub_model_offline_gives_clear_error(monkeypatch):
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # read once at import: without this the hub client retries the network for ~45 s first
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="local-dir"):
         llm_mod.load_llm(LLMConfig(name="no-such-org/no-such-model"))
 

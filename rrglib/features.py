@@ -99,6 +99,14 @@ class Batcher:
     def __init__(self, dataset: ReportDataset | PairedImages, model: torch.nn.Module, num_workers: int = 0):
         self.dataset, self.num_workers, self.tokenize = dataset, num_workers, model.tokenize_reports
         self.features: torch.Tensor | None = None  # (N, tokens, C), row i = what study i is shown
+        self._lengths: list[int] | None = None
+
+    def lengths(self) -> list[int]:
+        """Report tokens per study as the model sees them (truncation included), computed once."""
+        if self._lengths is None:
+            reports = [str(r) for r in self.dataset.df["report"]]
+            self._lengths = self.tokenize(reports)["attention_mask"].sum(1).tolist()
+        return self._lengths
 
     def batches(self, index_lists: list[list[int]], use_features: bool) -> Iterator[dict[str, Any]]:
         if use_features and self.features is not None:

@@ -109,12 +109,28 @@ def param_groups(model: ReportGenerator, cfg: RunConfig) -> list[dict[str, Any]]
     ]
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
-    """This rank's batches for one epoch: a seeded permutation, equal batch counts on every rank."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+LENGTH_GROUP = 16  # batches per group sorted by length (group_by_length)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1,
+                  lengths: list[int] | None = None) -> list[list[int]]:
+    """This rank's batches for one epoch: a seeded permutation, equal batch counts on every rank.
+
+    With `lengths` (report tokens per study), each run of LENGTH_GROUP batches of the permutation
+    is sorted by length before it is cut into batches, and the batch order is then shuffled: the
+    same studies per epoch, little padding inside a batch, no long-to-short order over the epoch.
+    """
+    gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+    perm = torch.randperm(n, generator=gen).tolist()
     per_rank = len(perm) // world  # drop the tail so every rank takes the same number of steps
     mine = perm[rank * per_rank:(rank + 1) * per_rank]
-    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    if lengths is not None:
+        size = batch_size * LENGTH_GROUP
+        mine = [i for g in range(0, len(mine), size) for i in sorted(mine[g:g + size], key=lambda j: -lengths[j])]
+    batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+    if lengths is not None:
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+    return batches
 
 
 def aux_warmup(model: ReportGenerator, features: torch.Tensor, labels: torch.Tensor, steps: int, lr: float,
@@ -274,7 +290,8 @@ def train_epoch(run: Run, batcher: Batcher, epoch: int, stage: int, use_features
     """One epoch of optimizer steps (resuming mid-epoch); returns training samples per second."""
     cfg, acc, state, t = run.cfg, run.accelerator, run.state, run.cfg.train
     world = acc.num_processes
-    batches = epoch_batches(len(batcher.dataset), cfg.data.batch_size, t.seed, epoch, acc.process_index, world)
+    batches = epoch_batches(len(batcher.dataset), cfg.data.batch_size, t.seed, epoch, acc.process_index, world,
+                            batcher.lengths() if cfg.data.group_by_length else None)
     start = state["batch"] if epoch == state["epoch"] else 0
     run.wrapped.train()
     bar = tqdm(total=len(batches), initial=start, desc=f"epoch {epoch} (stage {stage})",

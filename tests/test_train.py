@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import numpy as np
 import torch
 import torch.nn.functional as F
 from _toydata import make_toy_manifest
@@ -62,6 +63,24 @@ def test_epoch_batches_are_seeded_and_split_evenly_across_ranks():
     assert sorted(flat) == list(range(10))
     assert a == epoch_batches(10, 2, seed=1, epoch=0, rank=0, world=2)
     assert a != epoch_batches(10, 2, seed=1, epoch=1, rank=0, world=2)
+
+
+def test_length_grouped_batches_cut_padding_and_keep_the_epoch():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 96, size=360).tolist()
+    plain = epoch_batches(360, 8, seed=3, epoch=1)
+    grouped = epoch_batches(360, 8, seed=3, epoch=1, lengths=lengths)
+    assert sorted(i for b in grouped for i in b) == sorted(i for b in plain for i in b)  # same studies
+    assert [len(b) for b in grouped] == [len(b) for b in plain]
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert padding(grouped) < 0.25 * padding(plain)
+    assert grouped == epoch_batches(360, 8, seed=3, epoch=1, lengths=lengths)  # seeded: resumable
+    # batch order shuffled: not longest-first over the epoch
+    maxima = [max(lengths[i] for i in b) for b in grouped]
+    assert maxima != sorted(maxima, reverse=True)
 
 
 def test_image_dependence_ratio():

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from _toydata import make_toy_manifest

@@ -8,6 +8,7 @@ controls are training runs (`data.image_pairing: deranged`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -43,9 +44,31 @@ def retrieval_generations(train_feats: torch.Tensor, test_feats: torch.Tensor, t
                          "generated": [str(train["report"].iloc[j]) for j in nearest]})
 
 
+NAMES = ("most_frequent", "retrieval")
+
+
+def baseline_inputs(cfg: RunConfig, split: str, n_boot: int, max_samples: int | None) -> dict[str, Any]:
+    """What the baselines' numbers depend on: the data, the split and its size, the encoder, the
+    code and the machine. A stored copy that differs means the stored baselines are stale."""
+    from .assets import sha256_of
+    from .provenance import cpu_info, git_state
+
+    return {"manifest_sha256": sha256_of(Path(cfg.data.manifest)), "split": split, "max_samples": max_samples,
+            "n_boot": n_boot, "encoder": dataclasses.asdict(cfg.model.encoder),
+            "code": git_state(Path(__file__).resolve().parents[1])["commit"], "cpu": cpu_info()}
+
+
+def baselines_current(out_dir: str | Path, inputs: dict[str, Any]) -> bool:
+    """True when <out_dir> holds both baselines, scored from exactly `inputs`."""
+    stamp = Path(out_dir) / "inputs.json"
+    return (stamp.is_file() and all((Path(out_dir) / n / "metrics.json").is_file() for n in NAMES)
+            and json.loads(stamp.read_text()) == json.loads(json.dumps(inputs)))
+
+
 def run_baselines(cfg: RunConfig, out_dir: str | Path, split: str = "test", n_boot: int = 1000,
                   max_samples: int | None = None) -> dict[str, dict[str, Any]]:
-    """Score both baselines on a split; writes <out>/<name>/{generations,metrics}.*"""
+    """Score both baselines on a split; writes <out>/<name>/{generations,metrics}.* and
+    <out>/inputs.json (what they were scored from, see `baselines_current`)."""
     manifest, encoder = load_manifest(cfg.data.manifest), build_encoder(cfg.model.encoder).eval()
     train, test = dataset_for(cfg, "train", manifest), dataset_for(cfg, split, manifest, max_samples)
     train_feats = pooled_features(encoder, train, cfg.data.eval_batch_size)
@@ -61,6 +84,8 @@ def run_baselines(cfg: RunConfig, out_dir: str | Path, split: str = "test", n_bo
         write_results(Path(out_dir) / name, table, result, info)
         results[name] = {"metrics": result["metrics"], "ci95": result["ci"], "n": result["n"],
                          "stats": result["stats"]}
+    inputs = baseline_inputs(cfg, split, n_boot, max_samples)
+    (Path(out_dir) / "inputs.json").write_text(json.dumps(inputs, indent=1))
     return results
 
 

@@ -14,7 +14,13 @@ import torch
 from _toydata import make_toy_manifest
 
 from rrglib import devices
-from rrglib.baselines import most_frequent_report, retrieval_generations, run_baselines
+from rrglib.baselines import (
+    baseline_inputs,
+    baselines_current,
+    most_frequent_report,
+    retrieval_generations,
+    run_baselines,
+)
 from rrglib.config import load_config
 from rrglib.data import ReportDataset, derangement, load_manifest
 from rrglib.evaluate import evaluate_run, generate_reports, load_run
@@ -122,6 +128,14 @@ def test_baselines_are_scored_like_models(run, tmp_path):
     assert (tmp_path / "baselines" / "retrieval" / "metrics.json").is_file()
     # the toy images fully determine the report, so retrieval must beat one fixed report
     assert res["retrieval"]["metrics"]["F1-RB-14-micro"] >= res["most_frequent"]["metrics"]["F1-RB-14-micro"]
+    # stored baselines are reused only when scored from the same data, split size, code and machine
+    out = tmp_path / "baselines"
+    assert baselines_current(out, baseline_inputs(cfg, "test", 100, None))
+    assert not baselines_current(out, baseline_inputs(cfg, "test", 200, None))
+    assert not baselines_current(out, baseline_inputs(cfg, "test", 100, 5))
+    assert not baselines_current(out, {**baseline_inputs(cfg, "test", 100, None), "manifest_sha256": "0" * 64})
+    (out / "retrieval" / "metrics.json").unlink()
+    assert not baselines_current(out, baseline_inputs(cfg, "test", 100, None))
 
 
 @pytest.mark.slow

@@ -133,6 +133,38 @@ def test_rendered_outputs_are_clean(smoke_study):
     assert env["cpu"]["model"] and env["torch_build"]["cpu_capability"]
 
 
+def browser() -> str | None:
+    import shutil
+
+    return next((shutil.which(b) for b in ("chromium-headless-shell", "chromium", "google-chrome")
+                 if shutil.which(b)), None)
+
+
+def test_report_view_in_a_headless_browser(smoke_study, tmp_path):
+    """The HTML a reviewer opens, rendered by a real browser (offline: the CDN scripts fail)."""
+    import subprocess
+
+    exe = browser()
+    if exe is None:
+        pytest.fail("no headless browser: .ci/run installs chromium-headless-shell (apt)")
+    page = smoke_study / "results" / "90_summary.html"
+    shot = tmp_path / "page.png"
+    base = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*base, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    subprocess.run([*base, f"--screenshot={shot}", "--window-size=1200,900", page.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert "90 · Summary" in dom and "The pre-registered tests" in dom  # the narrative rendered
+    for hidden in ("study_dir =", "setup(num_threads", "injected-parameters"):
+        assert hidden not in dom, f"{hidden!r} is on the page"
+    first = dom.index("90 · Summary")
+    assert dom.find("<table", 0, first) == -1 and dom.find("<img", 0, first) == -1  # the title comes first
+    from PIL import Image
+
+    pixels = Image.open(shot).convert("L")
+    assert pixels.size == (1200, 900) and pixels.getextrema()[0] < 128  # text drawn, not a blank page
+
+
 def test_rerun_skips_every_finished_step(smoke_study):
     path = smoke_study / "results" / "manifest.json"
     before = json.loads(path.read_text())["steps"]

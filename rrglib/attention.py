@@ -43,10 +43,12 @@ def as_numpy(x: ArrayLike) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=float)
 
 
-def prompt_attention_share(weights: Sequence[ArrayLike], num_prompts: int,
+def prompt_attention_share(weights: Sequence[ArrayLike], prompts: int | slice,
                            attention_mask: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per-layer attention (B, H, q, L) -> (share, normalised share), each (layers, B, H, q). Queries
-    are the last q of L positions (KV cache); `attention_mask` (B, >= L) marks padding with 0."""
+    are the last q of L positions (KV cache); `attention_mask` (B, >= L) marks padding with 0.
+    `prompts`: the prompts' positions (`ReportGenerator.prompt_positions`), or their count from 0."""
+    first, end = (0, prompts) if isinstance(prompts, int) else (prompts.start or 0, prompts.stop)
     shares, norms = [], []
     for w in weights:
         w = as_numpy(w)
@@ -55,20 +57,21 @@ def prompt_attention_share(weights: Sequence[ArrayLike], num_prompts: int,
         # query j sits at position length - q + j and (causal) sees positions 0 .. that position
         cum = np.cumsum(mask, axis=1)
         seen = cum[:, length - q :]  # (B, q) unmasked positions visible to each query
-        prompts_visible = cum[:, np.minimum(np.arange(length - q, length), num_prompts - 1)]
+        before = cum[:, first - 1] if first > 0 else 0
+        prompts_visible = (cum[:, np.minimum(np.arange(length - q, length), end - 1)].T - before).T
         with np.errstate(divide="ignore", invalid="ignore"):
             expected = np.where(seen > 0, prompts_visible / seen, np.nan)  # (B, q)
-            share = w[..., :num_prompts].sum(-1)  # (B, H, q)
+            share = w[..., first:end].sum(-1)  # (B, H, q)
             norms.append(share / expected[:, None, :])
         shares.append(share)
     return np.stack(shares), np.stack(norms)
 
 
-def generation_prompt_share(step_attentions: Sequence[Sequence[ArrayLike]], num_prompts: int,
+def generation_prompt_share(step_attentions: Sequence[Sequence[ArrayLike]], prompts: int | slice,
                             attention_mask: ArrayLike | None = None) -> tuple[np.ndarray, np.ndarray]:
     """`generate(output_attentions=True).attentions` -> (share, normalised), each (steps, layers, B, H).
     Step s chooses generated token s; its query is the last position (step 0: the prefill's last row)."""
-    steps = [prompt_attention_share([as_numpy(w)[:, :, -1:, :] for w in layers], num_prompts, attention_mask)
+    steps = [prompt_attention_share([as_numpy(w)[:, :, -1:, :] for w in layers], prompts, attention_mask)
              for layers in step_attentions]
     return np.stack([s[..., 0] for s, _ in steps]), np.stack([n[..., 0] for _, n in steps])
 
@@ -111,7 +114,7 @@ def prompt_attention(model: ReportGenerator, images: torch.Tensor | None = None,
             inputs = {"features": chunk} if features is not None else {"images": chunk}
             with autocast(mixed_precision, device):
                 out = model.generate(**inputs, max_new_tokens=max_new_tokens, output_attentions=True)
-            share, norm = generation_prompt_share(out.attentions, model.cfg.mapper.num_prompts)
+            share, norm = generation_prompt_share(out.attentions, model.prompt_positions)
             # step s chose token s; a sample's ids stop at its eos, later steps are padding
             lengths = np.array([len(ids) for ids in out.token_ids])
             valid = np.arange(share.shape[0])[:, None] < lengths[None, :]  # (steps, B)
@@ -147,7 +150,7 @@ def teacher_forced_attention(model: ReportGenerator, reports: Sequence[str], ima
                                                      tok["attention_mask"].to(device))
                 out = model.llm(inputs_embeds=embeds, attention_mask=mask, output_attentions=True)
             require_attentions((out.attentions,))
-            share, norm = prompt_attention_share(out.attentions, model.cfg.mapper.num_prompts, mask)
+            share, norm = prompt_attention_share(out.attentions, model.prompt_positions, mask)
             # the query at position j chooses token j + 1 (as generation does): from the prefix's last
             # position to the report's last; valid where that next token is a report token, not padding
             valid = as_numpy(mask)[:, start_q:].astype(bool)  # (B, q)

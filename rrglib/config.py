@@ -69,6 +69,10 @@ class LLMConfig:
     lora_dropout: float = bounded(0.05, ge=0.0, lt=1.0)
     lora_target_modules: list[str] | None = None  # None: the architecture's default
     prompt: str = "Findings:"
+    # the tokenizer's BOS token (GPT-2: <|endoftext|>) before the visual prompts, as LLaVA-style
+    # inputs have: the first position is the attention sink, so it should not be a visual prompt
+    # (measured on validation, README "Design choices"); False reproduces inputs without it
+    bos: bool = True
     max_report_tokens: int = bounded(128, ge=2)
     gradient_checkpointing: bool = False
 

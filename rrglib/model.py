@@ -154,6 +154,8 @@ class ReportGenerator(nn.Module):
                          if cfg.aux_loss_weight > 0 else None)
         ids = self.tokenizer(cfg.llm.prompt, add_special_tokens=False)["input_ids"]
         self.register_buffer("prompt_ids", torch.tensor(ids, dtype=torch.long), persistent=False)
+        bos = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.tokenizer.eos_token_id
+        self.register_buffer("bos_ids", torch.tensor([bos] if cfg.llm.bos else [], dtype=torch.long), persistent=False)
         # the encoder's weights are the pretrained ones until it is first unfrozen (or loaded)
         self.stores_encoder = not cfg.encoder.pretrained
         self.set_encoder_trainable(False)
@@ -161,8 +163,13 @@ class ReportGenerator(nn.Module):
     # -- parts ---------------------------------------------------------------------------
     @property
     def num_prefix_tokens(self) -> int:
-        """Visual prompts + prompt text: the positions that never carry a loss."""
-        return self.cfg.mapper.num_prompts + self.prompt_ids.numel()
+        """BOS (optional) + visual prompts + prompt text: the positions that never carry a loss."""
+        return self.bos_ids.numel() + self.cfg.mapper.num_prompts + self.prompt_ids.numel()
+
+    @property
+    def prompt_positions(self) -> slice:
+        """Where the K visual prompts sit in the LLM's input."""
+        return slice(self.bos_ids.numel(), self.bos_ids.numel() + self.cfg.mapper.num_prompts)
 
     def set_encoder_trainable(self, trainable: bool) -> None:
         """Freeze (stage 1 / `frozen`) or unfreeze (stage 2 / `finetune`) the visual encoder."""
@@ -218,10 +225,13 @@ class ReportGenerator(nn.Module):
         return {"input_ids": ids, "attention_mask": mask, "truncated": torch.tensor(cut, dtype=torch.bool)}
 
     def prefix_embeds(self, prompts: torch.Tensor) -> torch.Tensor:
-        """(B, K, d) visual prompts -> (B, K + T, d) LLM input: the prompts, then the prompt text."""
-        text = self.llm.get_input_embeddings()(self.prompt_ids)
-        text = text.unsqueeze(0).expand(prompts.shape[0], -1, -1).to(prompts.dtype)
-        return torch.cat([prompts, text], dim=1)
+        """(B, K, d) visual prompts -> (B, [1 +] K + T, d) LLM input: [BOS], the prompts, the prompt text."""
+        embed = self.llm.get_input_embeddings()
+
+        def fixed(ids: torch.Tensor) -> torch.Tensor:
+            return embed(ids).unsqueeze(0).expand(prompts.shape[0], -1, -1).to(prompts.dtype)
+
+        return torch.cat([fixed(self.bos_ids), prompts, fixed(self.prompt_ids)], dim=1)
 
     def build_inputs(self, prompts: torch.Tensor, report_input_ids: torch.Tensor,
                      report_attention_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -318,7 +328,10 @@ class ReportGenerator(nn.Module):
         enc_file = path / "encoder.safetensors"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"{cfg_file} not found: {path} is not a saved ReportGenerator")
-        cfg = RunConfig.from_dict({"model": yaml.safe_load(cfg_file.read_text())}, source=str(cfg_file)).model
+        saved = yaml.safe_load(cfg_file.read_text())
+        # saved before `llm.bos` existed: those models were trained without a BOS token
+        saved.get("llm", {}).setdefault("bos", False)
+        cfg = RunConfig.from_dict({"model": saved}, source=str(cfg_file)).model
         has_encoder = enc_file.is_file()
         # with a stored encoder its weights come from the file: build it without a download
         build_cfg = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, pretrained=False))

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_all_mass_on_prompts_gives_share_one():
     w = torch.zeros(2, 3, 1, 10)
     w[..., :4] = 0.25
-    share, norm = AT.prompt_attention_share([w, w], num_prompts=4)
+    share, norm = AT.prompt_attention_share([w, w], prompts=4)
     assert share.shape == (2, 2, 3, 1)
     np.testing.assert_allclose(share, 1.0)
     np.testing.assert_allclose(norm, 10 / 4)  # expected share 4/10
@@ -35,11 +35,26 @@ def test_uniform_attention_gives_normalised_share_one_and_causal_positions():
     q = length = 6
     w = torch.tril(torch.ones(q, length))
     w = (w / w.sum(-1, keepdim=True)).expand(1, 2, q, length)
-    share, norm = AT.prompt_attention_share([w], num_prompts=2)
+    share, norm = AT.prompt_attention_share([w], prompts=2)
     # query at position i sees i + 1 positions, min(2, i + 1) of them prompts
     expected = [min(2, i + 1) / (i + 1) for i in range(q)]
     np.testing.assert_allclose(share[0, 0, 0], expected)
     np.testing.assert_allclose(norm, 1.0)
+
+
+def test_prompts_after_a_bos_position():
+    # BOS at position 0 (the sink), prompts at 1..2, uniform causal attention over 5 positions
+    q = length = 5
+    w = torch.tril(torch.ones(q, length))
+    w = (w / w.sum(-1, keepdim=True)).expand(1, 1, q, length)
+    share, norm = AT.prompt_attention_share([w], prompts=slice(1, 3))
+    # query i sees i + 1 positions, of which min(2, max(i, 0)) are prompts (position 0 is BOS)
+    expected = [min(2, i) / (i + 1) for i in range(q)]
+    np.testing.assert_allclose(share[0, 0, 0], expected)
+    np.testing.assert_allclose(norm[0, 0, 0, 1:], 1.0)  # query 0 sees no prompt: 0/0
+    w_sink = torch.zeros(1, 1, 1, 5)
+    w_sink[..., 0] = 1.0  # all on BOS: nothing on the prompts
+    assert AT.prompt_attention_share([w_sink], prompts=slice(1, 3))[0].item() == 0.0
 
 
 def test_padding_is_masked_out_of_the_expected_share():
@@ -47,13 +62,13 @@ def test_padding_is_masked_out_of_the_expected_share():
     mask = torch.tensor([[1] * 8, [1, 1, 1, 0, 0, 1, 1, 1]])
     w = mask[:, None, None, :].float().expand(2, 1, 1, 8)
     w = w / w.sum(-1, keepdim=True)
-    share, norm = AT.prompt_attention_share([w], num_prompts=2, attention_mask=mask)
+    share, norm = AT.prompt_attention_share([w], prompts=2, attention_mask=mask)
     np.testing.assert_allclose(share[0, :, 0, 0], [2 / 8, 2 / 6])
     np.testing.assert_allclose(norm, 1.0)
     # a padded *prompt* position shrinks the expectation too: K = 3 with position 1 padded
     mask2 = torch.tensor([[1, 0, 1, 1]])
     w2 = torch.tensor([[[[0.5, 0.0, 0.5, 0.0]]]])
-    share2, norm2 = AT.prompt_attention_share([w2], num_prompts=3, attention_mask=mask2)
+    share2, norm2 = AT.prompt_attention_share([w2], prompts=3, attention_mask=mask2)
     assert share2.item() == pytest.approx(1.0)
     assert norm2.item() == pytest.approx(1.0 / (2 / 3))
 
@@ -65,7 +80,7 @@ def test_generation_steps_take_the_last_query():
     step0[0, 0, -1] = torch.tensor([1.0, 0.0, 0.0])  # head 0: all on the prompt
     step0[0, 1, -1] = torch.tensor([0.0, 0.5, 0.5])  # head 1: none
     step1 = torch.full((1, 2, 1, 4), 0.25)
-    share, norm = AT.generation_prompt_share([(step0,), (step1,)], num_prompts=k)
+    share, norm = AT.generation_prompt_share([(step0,), (step1,)], prompts=k)
     assert share.shape == (2, 1, 1, 2)  # (steps, layers, B, H)
     np.testing.assert_allclose(share[0, 0, 0], [1.0, 0.0])
     np.testing.assert_allclose(norm[1, 0, 0], [1.0, 1.0])
@@ -92,7 +107,7 @@ def test_share_per_layer_from_hand_built_weights_and_interval_over_studies():
         w0[b, 0, 0] = torch.tensor([a, 1 - a, 0, 0])
         w0[b, 1, 0] = torch.tensor([0.0, 0.5, 0.5, 0])
     w1 = torch.tensor([0.5, 0.5, 0.0, 0.0]).expand(3, 2, 1, 4)
-    share, norm = AT.generation_prompt_share([(w0, w1)], num_prompts=1)
+    share, norm = AT.generation_prompt_share([(w0, w1)], prompts=1)
     frame = AT.attention_frame(share, norm)
     per_study = AT.per_study_share(frame)
     np.testing.assert_allclose(per_study.query("layer == 0")["share"], [0.1, 0.2, 0.3], atol=1e-6)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from rrglib import assets
 from rrglib import llm as llm_mod
@@ -83,7 +84,7 @@ def test_prompt_and_visual_positions_never_carry_loss(model):
     prompts = model.visual_prompts(images())
     _, attention, labels = model.build_inputs(prompts, tok["input_ids"], tok["attention_mask"])
     prefix = model.num_prefix_tokens
-    assert prefix == 4 + model.prompt_ids.numel()
+    assert prefix == 1 + 4 + model.prompt_ids.numel()  # BOS, K = 4 prompts, the prompt text
     assert (labels[:, :prefix] == IGNORE_INDEX).all()
     # report tokens and the final eos are labelled, padding is not
     for i in range(len(REPORTS)):
@@ -410,3 +411,39 @@ def test_finding_targets_follow_the_evaluation_convention():
     values[2] = np.nan
     frame = pd.DataFrame(values, columns=list(CHEXPERT_OBSERVATIONS))
     assert np.array_equal(finding_targets(torch.tensor(values)).numpy().astype(bool), binarize(frame))
+
+
+def test_bos_before_the_visual_prompts():
+    torch.manual_seed(0)
+    cfg = smoke_model_config()
+    cfg.llm.bos = False
+    plain = ReportGenerator(cfg)
+    cfg = smoke_model_config()
+    assert cfg.llm.bos  # the default
+    torch.manual_seed(0)
+    with_bos = ReportGenerator(cfg)
+    k = cfg.mapper.num_prompts
+    assert with_bos.num_prefix_tokens == plain.num_prefix_tokens + 1
+    assert plain.prompt_positions == slice(0, k) and with_bos.prompt_positions == slice(1, k + 1)
+    prompts = torch.randn(2, k, with_bos.llm.config.hidden_size)
+    prefix = with_bos.prefix_embeds(prompts)
+    bos = with_bos.llm.get_input_embeddings()(torch.tensor([with_bos.tokenizer.bos_token_id]))[0]
+    torch.testing.assert_close(prefix[:, 0], bos.expand(2, -1))
+    torch.testing.assert_close(prefix[:, 1:k + 1], prompts)
+    torch.testing.assert_close(prefix[:, 1:], plain.prefix_embeds(prompts))
+    tok = with_bos.tokenize_reports(REPORTS)
+    _, mask, labels = with_bos.build_inputs(prompts, tok["input_ids"], tok["attention_mask"])
+    assert (labels[:, :with_bos.num_prefix_tokens] == -100).all() and mask.shape == labels.shape
+
+
+def test_a_model_saved_before_the_bos_setting_loads_without_bos(tmp_path):
+    torch.manual_seed(0)
+    cfg = smoke_model_config()
+    cfg.llm.bos = False
+    model = ReportGenerator(cfg)
+    model.save_pretrained(tmp_path / "m")
+    saved = yaml.safe_load((tmp_path / "m" / "model_config.yaml").read_text())
+    del saved["llm"]["bos"]
+    (tmp_path / "m" / "model_config.yaml").write_text(yaml.safe_dump(saved))
+    loaded = ReportGenerator.from_pretrained(tmp_path / "m")
+    assert loaded.cfg.llm.bos is False and loaded.prompt_positions == slice(0, cfg.mapper.num_prompts)

@@ -90,7 +90,9 @@ def fit_temperature(logits: ArrayLike, targets: ArrayLike, max_iter: int = 100) 
         return loss
 
     opt.step(closure)
-    return float(log_t.detach().exp())
+    # NLL is unimodal in log T: clamping gives the optimum within [0.05, 20]; a fit that runs off
+    # towards 0 or infinity (a few separable points) is not a calibration
+    return float(log_t.detach().clamp(-3.0, 3.0).exp())
 
 
 @dataclass
@@ -324,6 +326,9 @@ def confidence_logit(confidence: ArrayLike, n_samples: int) -> np.ndarray:
     eps = 1.0 / (2 * n_samples)
     p = np.clip(as_numpy(confidence).astype(float), eps, 1 - eps)
     return np.log(p / (1 - p))
+
+
+MIN_FIT_FINDINGS = 20  # validation findings (both outcomes present) below which no temperature is fitted
 
 
 def fit_confidence_temperature(confidence: ArrayLike, correct: ArrayLike, n_samples: int) -> float:

@@ -58,6 +58,10 @@ def test_fit_temperature_recovers_known_temperature():
     t = C.fit_temperature(z / 2, y)
     assert t == pytest.approx(0.5, abs=0.03)
     assert C.fit_temperature(z, y) == pytest.approx(1.0, abs=0.05)
+    # confidence that runs against the outcome drives the unconstrained fit to T -> infinity (a
+    # flat 0.5): it stops at the upper bound, T = e^3
+    reversed_ = np.stack([np.zeros(6), np.array([3.0, 2, 1, -1, -2, -3])], axis=1)
+    assert C.fit_temperature(reversed_, np.array([0, 0, 0, 1, 1, 1])) == pytest.approx(np.exp(3.0), rel=1e-4)
 
 
 def test_token_calibration_on_smoke_model():

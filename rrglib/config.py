@@ -125,6 +125,7 @@ class TrainConfig:
     grad_accum_steps: int = bounded(1, ge=1)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # see rrglib.devices
     seed: int = bounded(42, ge=0)
+    deterministic: bool = True  # CUDA: deterministic kernels, one seed gives one model (rrglib.devices)
     cache_features: bool = False  # reuse encoder features while the encoder is frozen
     # steps fitting mapper + finding head to the labels alone (frozen encoder, no LLM) before the
     # run starts; needs model.aux_loss_weight > 0. 0 = off (the paper's runs)

@@ -38,7 +38,7 @@ from .checkpoint import (
 )
 from .config import ConfigError, RunConfig, load_config
 from .data import dataset_for, load_manifest
-from .devices import bf16_is_emulated
+from .devices import bf16_is_emulated, use_deterministic_kernels
 from .features import Batcher, cached_features, model_inputs, pair_images
 from .model import ReportGenerator, finding_targets
 from .validation import validate
@@ -175,6 +175,7 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
                           "emulated and very slow; set train.mixed_precision: 'no' (see benchmarks/)")
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
+    use_deterministic_kernels(accelerator.device, t.deterministic)
     return accelerator
 
 

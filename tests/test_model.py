@@ -51,8 +51,9 @@ def test_encoder_returns_spatial_tokens(name, size, tokens, channels):
     assert enc.out_channels == channels and len(enc.mean) == 3 and len(enc.std) == 3
 
 
-def test_efficientnet_lite0_loads_imagenet_weights_offline():
+def test_efficientnet_lite0_loads_imagenet_weights_offline(capsys):
     pretrained = build_encoder(EncoderConfig(name="efficientnet-lite0", pretrained=True))
+    assert "Loaded pretrained weights" not in capsys.readouterr().out  # no noise in notebooks
     random = build_encoder(EncoderConfig(name="efficientnet-lite0", pretrained=False))
     w_pre = pretrained.backbone._conv_stem.weight
     w_rand = random.backbone._conv_stem.weight

@@ -14,8 +14,11 @@ import io
 import os
 import re
 import shutil
+import sys
+import tempfile
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -50,6 +53,26 @@ def _resolve_backend(backend: str) -> str:
     return backend
 
 
+@contextlib.contextmanager
+def subprocess_stderr_held() -> Iterator[None]:
+    """Hold what child processes write to this process's stderr (the PTB jar's progress line,
+    red in a notebook) and show it only if the block fails."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace")[-4000:])
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def tokenize(texts: list[str], backend: str = "java") -> list[str]:
     """Tokenise texts to space-joined lower-case tokens without punctuation (PTB or Python)."""
     texts = [" ".join(str(t or "").split()) for t in texts]  # no new lines: one text per line
@@ -57,7 +80,8 @@ def tokenize(texts: list[str], backend: str = "java") -> list[str]:
         return [" ".join(_PY_TOKEN.findall(t.lower())) for t in texts]
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
-    out = PTBTokenizer().tokenize({i: [{"caption": t}] for i, t in enumerate(texts)})
+    with subprocess_stderr_held():
+        out = PTBTokenizer().tokenize({i: [{"caption": t}] for i, t in enumerate(texts)})
     # the jar drops trailing empty lines; those texts tokenise to nothing
     return [out.get(i, [""])[0] for i in range(len(texts))]
 

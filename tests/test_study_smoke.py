@@ -122,6 +122,15 @@ def test_rendered_outputs_are_clean(smoke_study):
         warned = [line for line in text.splitlines()
                   if "Warning" in line and "NLG metrics without Java" not in line]
         assert not warned, f"{path.name}: {warned[:3]}"
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        # no red lines from tools (the PTB jar's progress line, a library's prints) ...
+        stderr = "".join(o.get("text", "") for o in outputs if o.get("name") == "stderr")
+        assert all("NLG metrics without Java" in line or not line.strip() or line.startswith(" ")
+                   for line in stderr.splitlines()), f"{path.name}: stderr {stderr[:200]!r}"
+        # ... and no stray return values (a byte count from write_text) as a cell's result
+        bare = [o["data"]["text/plain"] for o in outputs if o.get("output_type") == "execute_result"
+                and "".join(o["data"].get("text/plain", "")).strip().isdigit()]
+        assert not bare, f"{path.name}: a bare number as a cell result {bare}"
         assert str(ROOT) + "/" not in json.dumps(nb), f"{path}: an absolute path of this checkout"
         assert nb.metadata["papermill"]["input_path"].startswith("notebooks/")
     html = (results / "two_stage_aux_s0" / "20_train.html").read_text()

@@ -74,6 +74,12 @@ def test_values_recorded_by_the_notebooks(smoke_study):
     assert metrics["n"] == 8 and "F1-RB-14-micro" in metrics["ci95"]
     grounding = pd.read_csv(results / "two_stage_aux_s0" / "grounding" / "grounding.csv", index_col=0)
     assert {"true", "blank"} <= set(grounding.columns)
+    tests = pd.read_csv(results / "two_stage_aux_s0" / "grounding" / "grounding_tests.csv")
+    assert set(tests["condition"]) == {"blank", "shuffled"} and (tests["ci low"] <= tests["ci high"]).all()
+    shown = executed(results / "two_stage_aux_s0" / "60_grounding.ipynb")
+    markdown = [o["data"]["text/markdown"] for c in shown.cells if c.cell_type == "code"
+                for o in c.get("outputs", []) if "text/markdown" in o.get("data", {})]
+    assert markdown and markdown[-1].startswith("**Conclusion.** With another study's image")
     attention = pd.read_csv(results / "two_stage_aux_s0" / "attention_by_layer.csv")
     assert len(attention) == 2 and attention["mean"].between(0, 1).all()  # two layers in tiny-gpt2
     calibration = json.loads((results / "two_stage_aux_s0" / "calibration.json").read_text())
@@ -110,6 +116,22 @@ def test_summary_tables(smoke_study):
         assert (results / figure).is_file(), figure
     summary = printed(executed(results / "90_summary.ipynb"))
     assert "no training log" not in summary and "not shown:" not in summary  # curves + real CXR
+
+
+def last_markdown(nb: nbformat.NotebookNode) -> str:
+    """The markdown the notebook's last code cell displays (where a page's conclusion is)."""
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    return "".join(o["data"]["text/markdown"] for o in last.get("outputs", [])
+                   if "text/markdown" in o.get("data", {}))
+
+
+def test_pages_end_with_their_conclusion(smoke_study):
+    results = smoke_study / "results"
+    summary = last_markdown(executed(results / "90_summary.ipynb"))
+    assert "- **H1a**" in summary and "Holm-adjusted p" in summary and "per seed on" in summary
+    assert last_markdown(executed(results / "two_stage_aux_s0" / "40_attention.ipynb")).startswith("**Conclusion")
+    calibration = last_markdown(executed(results / "two_stage_aux_s0" / "50_calibration.ipynb"))
+    assert "paper's observation" in calibration or "too few" in calibration
 
 
 def test_rendered_outputs_are_clean(smoke_study):

@@ -64,8 +64,12 @@ def grounding_tests(stats: Mapping[str, StudyStats], metrics: Sequence[str], ref
 
 def grounding_conclusion(tests: pd.DataFrame, metric: str, condition: str = "shuffled",
                          n_resamples: int | None = None) -> str:
-    """One sentence: does `metric` drop detectably when each study gets another study's image?"""
+    """One sentence: does `metric` drop detectably under `condition` (default: each study gets
+    another study's image)?"""
     from rrglib.reporting import format_p
+
+    names = {"shuffled": "another study's image", "blank": "a blank image"}
+    given = names.get(condition, f"the {condition} input")
 
     row = tests[(tests["condition"] == condition) & (tests["metric"] == metric)]
     if row.empty:
@@ -74,12 +78,11 @@ def grounding_conclusion(tests: pd.DataFrame, metric: str, condition: str = "shu
     interval = f"{r['drop']:+.3f} [{r['ci low']:+.3f}, {r['ci high']:+.3f}]"
     p = format_p(r["p Holm"], n_resamples)
     if r["p Holm"] < 0.05 and r["ci low"] > 0:
-        verdict = ("the reports depend on which image the study has: it scores detectably lower "
-                   "with another study's image")
+        verdict = f"the reports depend on the image: it scores detectably lower with {given}"
     elif r["p Holm"] < 0.05 and r["ci high"] < 0:
-        verdict = "it scores detectably *higher* with another study's image: not what image use predicts"
+        verdict = f"it scores detectably *higher* with {given}: not what image use predicts"
     else:
-        verdict = "no detectable dependence on which image the study has, at this number of studies"
-    return (f"With another study's image, {metric} changes by {interval} (real - {condition}; paired "
+        verdict = f"no detectable change with {given}, at this number of studies"
+    return (f"With {given}, {metric} changes by {interval} (real - {condition}; paired "
             f"bootstrap 95% interval over {int(r['clusters'])} source clusters of {int(r['studies'])} "
             f"studies; permutation p, Holm over this table's rows, {p}): {verdict}.")

@@ -52,15 +52,15 @@ demo-data: setup
 
 # The exploratory tier (one seed per arm, no claims): within the hour on 2 cores.
 reproduce: setup assets
-	$(PY) -m rrglib.study run configs/study_demo.yaml
+	$(PY) -m study_runner run configs/study_demo.yaml
 
 # The evidence tier (3 seeds per primary arm, the pre-registered tests): ~2 h on 2 cores.
 # Resumable: after a stop, the same command resumes at the first unfinished step.
 reproduce-full: setup assets
-	$(PY) -m rrglib.study run configs/study_demo_full.yaml
+	$(PY) -m study_runner run configs/study_demo_full.yaml
 
 lint: setup
-	$(PY) -m ruff check rrglib data_prep tests benchmarks
+	$(PY) -m ruff check rrglib study_runner data_prep tests benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

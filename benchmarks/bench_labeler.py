@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from rrglib.labeler import label_reports, read_iu_xray_reports
+from data_prep.iu_reports import read_iu_xray_reports
+from rrglib.labeler import label_reports
 from rrglib.labeler.agreement import naive_label_reports
 
 TARGET = 500.0

@@ -20,7 +20,7 @@ def main() -> None:
     args = parser.parse_args()
     path = Path(args.study_dir) / "manifest.json"
     if not path.is_file():
-        raise SystemExit(f"{path} not found: run the study first (python -m rrglib.study run ...)")
+        raise SystemExit(f"{path} not found: run the study first (python -m study_runner run ...)")
     manifest = json.loads(path.read_text())
     steps = manifest["steps"]
     rows, per_notebook, total = [], {}, 0.0

@@ -27,19 +27,21 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
-from data_prep.common import LOCK_NAME, build_lock, fraction, int_at_least, one_line_errors
-from data_prep.iu_xray import parse_reports, report_text
-from data_prep.synthcxr import Finding, Patient, draw_attributes, render, write_report
-from rrglib.data import (
-    META_NAME,
-    MIN_IMAGE_SIDE,
-    SPLITS,
+from data_prep.common import (
+    LOCK_NAME,
     attach_labels,
+    build_lock,
+    fraction,
+    int_at_least,
+    one_line_errors,
     seeded_split,
     split_counts,
     write_manifest,
 )
-from rrglib.iu_reports import reports_path
+from data_prep.iu_reports import parse_reports, reports_path
+from data_prep.iu_xray import report_text
+from data_prep.synthcxr import Finding, Patient, draw_attributes, render, write_report
+from rrglib.data import META_NAME, MIN_IMAGE_SIDE, SPLITS
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 
 FINDING_NAMES = tuple(o for o in CHEXPERT_OBSERVATIONS if o != "No Finding")
@@ -189,6 +191,31 @@ def is_ours(out: Path) -> bool:
         return json.loads((out / META_NAME).read_text()).get("builder") == "data_prep.demo"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+class ForeignDataset(FileExistsError):
+    """10_data was asked to build synthetic data into a folder that holds something else."""
+
+
+def build_state(out: str | Path, **wanted: Any) -> str:
+    """"current" if out/ holds a build of ours with the `wanted` options (n, seed, image_size,
+    positive_fraction), else "build"; refuses (ForeignDataset) a folder this builder did not
+    create, before anything is written: 10_data never renders into a real dataset."""
+    out = Path(out)
+    if not out.exists() or (out.is_dir() and not out.is_symlink() and not any(out.iterdir())):
+        return "build"
+    if out.is_symlink() or (out / "images").is_symlink() or not is_ours(out):
+        raise ForeignDataset(
+            f"{out} is not a SynthCXR folder built by data_prep.demo (no {OWNER_MARKER} or "
+            f"{META_NAME}); 10_data will not write into it: pass -p build_demo=false to use it "
+            "as it is, or choose a new data_dir for the synthetic data")
+    try:
+        meta = json.loads((out / META_NAME).read_text())
+    except (OSError, ValueError):
+        meta = {}
+    meta = meta if isinstance(meta, dict) else {}
+    recorded = {**(meta.get("options") or {}), "seed": meta.get("seed")}  # seed beside options
+    return "current" if all(recorded.get(k) == v for k, v in wanted.items()) else "build"
 
 
 def check_output_dir(out: Path) -> None:

@@ -17,16 +17,24 @@ Without images, only `iu_reports.csv` (a reports table, not a training manifest)
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-from data_prep.common import build_lock, extract, fetch, one_line_errors, require_rows
-from rrglib.data import attach_labels, seeded_split, split_counts, write_manifest
-from rrglib.iu_reports import parse_report_xml, parse_reports, reports_path  # noqa: F401  (the one IU report parser; re-exported)
+from data_prep.common import (
+    attach_labels,
+    build_lock,
+    extract,
+    fetch,
+    one_line_errors,
+    require_rows,
+    seeded_split,
+    split_counts,
+    write_manifest,
+)
+from data_prep.iu_reports import parse_reports, reports_path, torchxrayvision_data
 
 OPENI_BASE = "https://openi.nlm.nih.gov/imgs/collections"
 ARCHIVES = ("NLMCXR_png.tgz", "NLMCXR_reports.tgz")
@@ -35,17 +43,9 @@ LATERAL = ("LL", "RL", "LATERAL", "LARGE LATERAL")
 REPORTS_TABLE = "iu_reports.csv"
 
 
-def _torchxrayvision_data(name: str) -> Path | None:
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
-    return path if path.is_file() else None
-
-
 def load_view_positions(path: str | Path | None = None) -> dict[str, str]:
     """imageid -> View Position from torchxrayvision's IU DICOM metadata (empty if absent)."""
-    path = Path(path) if path else _torchxrayvision_data("nlmcxr_dicom_metadata.csv.gz")
+    path = Path(path) if path else torchxrayvision_data("nlmcxr_dicom_metadata.csv.gz")
     if path is None or not Path(path).is_file():
         return {}
     meta = pd.read_csv(path, usecols=["imageid", "View Position"], dtype=str).fillna("")

@@ -21,8 +21,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from data_prep.common import build_lock, one_line_errors, require_rows
-from rrglib.data import REQUIRED_COLUMNS, attach_labels, split_counts, write_manifest
+from data_prep.common import (
+    attach_labels,
+    build_lock,
+    one_line_errors,
+    require_rows,
+    split_counts,
+    write_manifest,
+)
+from rrglib.data import REQUIRED_COLUMNS
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 
 SPLIT_CSV = "mimic-cxr-2.0.0-split.csv.gz"

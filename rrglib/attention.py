@@ -163,22 +163,6 @@ def teacher_forced_attention(model: ReportGenerator, reports: Sequence[str], ima
     return pd.concat(frames, ignore_index=True)
 
 
-def summarise_prompt_attention(frame: pd.DataFrame, by: Sequence[str] = ("layer",),
-                               value: str = "share") -> pd.DataFrame:
-    """Mean over samples and steps per head, then mean/std/min/max over heads for each `by` group
-    (by layer: over that layer's heads; by step: over all heads of all layers). Describes heads;
-    for intervals use `summarise_over_studies`."""
-    by = list(by)
-    units = list(dict.fromkeys(by + ["layer", "head"]))
-    per_head = frame.groupby(units, observed=True)[value].mean().reset_index()
-    out = per_head.groupby(by)[value].agg(["mean", "std", "min", "max"])
-    out["n_samples"] = frame.groupby(by)["sample"].nunique()
-    out = out.reset_index()
-    if "depth" in frame and "layer" in by:
-        out = out.merge(frame.groupby("layer")["depth"].first().reset_index(), on="layer", how="left")
-    return out
-
-
 # -- intervals over studies -------------------------------------------------------------------
 def per_study_share(frame: pd.DataFrame, by: str = "layer", value: str = "share") -> pd.DataFrame:
     """Rows (sample, `by`, value): each study's share averaged over heads (and steps or layers)."""

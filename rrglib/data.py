@@ -5,8 +5,6 @@ root). It is validated in full before training starts, so a bad dataset fails in
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -203,55 +201,6 @@ def load_manifest(path: str | Path, check_images: bool = True,
     _check_labels(df, source)
     df.attrs["root"] = str(root)
     return df
-
-
-def write_manifest(df: pd.DataFrame, out_dir: str | Path,
-                   meta: dict[str, Any] | None = None) -> Path:
-    """Write `manifest.csv` (+ `manifest.meta.json`) into out_dir; returns the CSV path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    front = [c for c in REQUIRED_COLUMNS if c in df.columns]
-    labels = [c for c in CHEXPERT_OBSERVATIONS if c in df.columns]
-    df = df[front + [c for c in df.columns if c not in front and c not in labels] + labels].copy()
-    for col in labels:  # 1/0/-1/blank, not 1.0/0.0
-        df[col] = df[col].map(lambda v: "" if pd.isna(v) else str(int(v)))
-    path = out_dir / "manifest.csv"
-    df.to_csv(path, index=False)
-    if meta is not None:
-        meta = dict(meta)
-        counts = meta.setdefault("counts", {})
-        counts.setdefault("studies", int(len(df)))
-        counts.setdefault("split", split_counts(df))
-        (out_dir / META_NAME).write_text(json.dumps(meta, indent=2, default=str) + "\n")
-    return path
-
-
-def attach_labels(df: pd.DataFrame, text_columns: Sequence[str] = ("findings", "impression"),
-                  overwrite: bool = False) -> pd.DataFrame:
-    """Add the 14 label columns from our rule-based labeler run on the given text columns."""
-    if not overwrite and all(c in df.columns for c in CHEXPERT_OBSERVATIONS):
-        return df
-    from rrglib.labeler import label_reports  # imported late: only builders need it
-
-    texts = df[list(text_columns)].fillna("").astype(str).agg(" ".join, axis=1).str.strip()
-    labels = label_reports(list(texts))
-    return df.assign(**{c: labels[c].to_numpy(dtype=float) for c in CHEXPERT_OBSERVATIONS})
-
-
-def split_counts(df: pd.DataFrame) -> dict[str, int]:
-    """Number of studies per split (all three keys present)."""
-    return {s: int((df["split"] == s).sum()) for s in SPLITS}
-
-
-def seeded_split(keys: Sequence[str], seed: int,
-                 fractions: Sequence[float] = (0.7, 0.1, 0.2)) -> list[str]:
-    """Assign each key to train/validate/test by a seeded shuffle (stable for a given seed)."""
-    order = np.random.default_rng(seed).permutation(len(keys))
-    n_train, n_val = (math.floor(f * len(keys) + 0.5) for f in fractions[:2])
-    out = [""] * len(keys)
-    for rank, i in enumerate(order):
-        out[i] = "train" if rank < n_train else "validate" if rank < n_train + n_val else "test"
-    return out
 
 
 def _scale_real_range(arr: np.ndarray) -> np.ndarray:

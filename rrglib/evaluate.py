@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .config import GenerationConfig, RunConfig
-from .data import ReportCollator, ReportDataset, derangement, load_manifest
+from .data import ReportCollator, ReportDataset, dataset_for, derangement, load_manifest
 from .devices import autocast, place
 from .metrics import java_available, results_table, score_reports
 from .model import ReportGenerator, check_decoding, check_same_model
@@ -166,8 +166,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test", checkpoint: str = "be
     model, cfg = load_run(run_dir, checkpoint, device)
     decoding = decoding or cfg.generation
     manifest_path = resolve_path(cfg.data.manifest, f"manifest (data.manifest of {run_dir / checkpoint / 'config.yaml'})")
-    dataset = ReportDataset(load_manifest(manifest_path), split, cfg.model.encoder.image_size, model.encoder.mean,
-                            model.encoder.std, max_samples=max_samples or cfg.data.max_eval_samples)
+    dataset = dataset_for(cfg, split, load_manifest(manifest_path), max_samples or cfg.data.max_eval_samples)
     if len(dataset) == 0:
         raise ValueError(f"{manifest_path} has no studies in split {split!r}")
     tic = time.perf_counter()

@@ -146,13 +146,6 @@ def write_index(study_dir: str | Path, runs: list[str], sections: dict[str, pd.D
 
 
 # --- seeds: the unit of replication ------------------------------------------------------------
-def seed_runs(study_dir: str | Path, arms: Mapping[str, Sequence[str]],
-              eval_name: str = "eval-test") -> dict[str, list[StudyStats]]:
-    """{arm: per-seed StudyStats} from {arm: its runs' folder names} under `study_dir`."""
-    return {arm: [stats_of(load_eval(Path(study_dir) / run / eval_name)) for run in runs]
-            for arm, runs in arms.items()}
-
-
 def seed_table(runs: Mapping[str, Sequence[StudyStats]], metrics: Sequence[str],
                n_boot: int = 2000, clusters: Any = None, level: float = 0.95) -> pd.DataFrame:
     """Arm x metric: seeds, mean, sd, "mean ± sd", intervals over seed and test-set variance."""

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from test_study import BASE, calls, make_repo, write_notebook
 
-from rrglib import study
-from rrglib.notebook import ForeignDataset, demo_data_state
+from data_prep.demo import ForeignDataset, build_state
+from study_runner import study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,12 +96,12 @@ def test_demo_build_refuses_a_foreign_dataset(tmp_path):
     data = tmp_path / "data/iu_xray"
     before = foreign_dataset(data)
     with pytest.raises(ForeignDataset, match=r"not a SynthCXR folder.*build_demo=false") as err:
-        demo_data_state(data, n=48, seed=0, image_size=64, positive_fraction=None)
+        build_state(data, n=48, seed=0, image_size=64, positive_fraction=None)
     assert "\n" not in str(err.value)
     (tmp_path / "stray").mkdir()
     (tmp_path / "stray/notes.txt").write_text("mine")
     with pytest.raises(ForeignDataset):  # any folder with files and no SynthCXR meta
-        demo_data_state(tmp_path / "stray", n=48)
+        build_state(tmp_path / "stray", n=48)
     assert {str(p): p.read_bytes() for p in data.rglob("*") if p.is_file()} == before
 
 
@@ -113,7 +113,7 @@ def test_demo_build_refuses_a_symlinked_image_folder(tmp_path):
     (data / "manifest.meta.json").write_text(json.dumps({"builder": "data_prep.demo"}))
     (data / "images").symlink_to(real)  # as data_prep.iu_xray links the original images
     with pytest.raises(ForeignDataset):
-        demo_data_state(data, n=48)
+        build_state(data, n=48)
 
 
 @pytest.mark.slow
@@ -140,7 +140,7 @@ def test_sigterm_marks_the_running_step_failed(tmp_path):
     spec_path = make_repo(tmp_path, spec)
     write_notebook(tmp_path / "notebooks/20_train.ipynb", "20_train", SLEEPER)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "rrglib.study", "run", str(spec_path)],
+    proc = subprocess.Popen([sys.executable, "-m", "study_runner", "run", str(spec_path)],
                             cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120

@@ -12,6 +12,7 @@ import torch
 from _toydata import make_toy_manifest
 from PIL import Image
 
+from data_prep.common import seeded_split, write_manifest
 from rrglib.data import (
     ImageLoadError,
     ManifestError,
@@ -20,8 +21,6 @@ from rrglib.data import (
     load_image,
     load_manifest,
     read_image_array,
-    seeded_split,
-    write_manifest,
 )
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 

@@ -11,9 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from data_prep.common import seeded_split
 from data_prep.demo import build, is_abnormal, sample_cases
 from data_prep.synthcxr import Finding, Patient, draw_attributes, render, write_report
-from rrglib.data import load_manifest, seeded_split
+from rrglib.data import load_manifest
 from rrglib.labeler import label_report
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 

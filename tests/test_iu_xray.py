@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.iu_xray import build, choose_frontal, main, parse_report_xml, parse_reports
+from data_prep.iu_reports import parse_report_xml, parse_reports
+from data_prep.iu_xray import build, choose_frontal, main
 from rrglib.data import load_manifest
 
 XML = """<?xml version="1.0" encoding="utf-8"?>

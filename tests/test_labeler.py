@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from data_prep.iu_reports import read_iu_xray_reports
 from rrglib.labeler import (
     MENTIONS,
     get_labeler,
     label_frequency_table,
     label_report,
     label_reports,
-    read_iu_xray_reports,
 )
 from rrglib.labeler.agreement import agreement_table, mesh_reference, naive_label_reports
 from rrglib.labels import CHEXPERT_OBSERVATIONS

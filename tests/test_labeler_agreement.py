@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rrglib.iu_reports import parse_report_xml, parse_reports
-from rrglib.labeler import normalise, normalise_with_map, read_iu_xray_reports
+from data_prep.iu_reports import parse_report_xml, parse_reports, read_iu_xray_reports
+from rrglib.labeler import normalise, normalise_with_map
 from rrglib.labeler.__main__ import main as labeler_main
 from rrglib.labeler.agreement import (
     agreement_table,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rrglib.labeler import read_iu_xray_reports
+from data_prep.iu_reports import read_iu_xray_reports
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 from rrglib.metrics import (
     NLG_KEYS,

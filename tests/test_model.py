@@ -290,7 +290,7 @@ def test_config_yaml_roundtrip_and_errors(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses(path):
     if path.name.startswith("study_"):
-        from rrglib.study import load_spec, plan
+        from study_runner.study import load_spec, plan
 
         spec = load_spec(path)
         assert plan(spec) and all(load_config(ROOT / (r.config or spec.parameters["base_config"]))

@@ -10,7 +10,7 @@ import nbformat
 import pytest
 import yaml
 
-from rrglib import study
+from study_runner import study
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -336,7 +336,7 @@ def test_a_fresh_checkout_reruns_the_committed_study(tmp_path):
 def test_html_is_a_report_and_the_notebook_keeps_everything(tmp_path):
     import papermill
 
-    from rrglib.export import export_html, relative_paths
+    from study_runner.export import export_html, relative_paths
 
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("secret_param = 1")
@@ -438,20 +438,19 @@ def test_setup_helper(tmp_path, monkeypatch):
 def test_demo_data_is_reused_on_a_second_run(tmp_path):
     import pandas as pd
 
-    from data_prep.demo import build
+    from data_prep.demo import build, build_state
     from rrglib.labels import CHEXPERT_OBSERVATIONS
-    from rrglib.notebook import demo_data_state
 
     rows = [{"id": f"CXR{i}", "findings": f"Findings {i}.", "impression": "Impression.",
              "report": f"Findings {i}.", **{o: float("nan") for o in CHEXPERT_OBSERVATIONS},
              "No Finding": 1.0} for i in range(30)]
     options = dict(n=12, seed=3, image_size=48, positive_fraction=None)
     data = tmp_path / "data/demo"
-    assert demo_data_state(data, **options) == "build"  # new folder
+    assert build_state(data, **options) == "build"  # new folder
     build(data, workers=1, sources=pd.DataFrame(rows), **options)
-    assert demo_data_state(data, **options) == "current"  # what 10_data checks: reuse
-    assert demo_data_state(data, **dict(options, seed=4)) == "build"
-    assert demo_data_state(data, **dict(options, n=13)) == "build"
+    assert build_state(data, **options) == "current"  # what 10_data checks: reuse
+    assert build_state(data, **dict(options, seed=4)) == "build"
+    assert build_state(data, **dict(options, n=13)) == "build"
 
 
 def test_notebook_defaults_are_the_demo_profile():

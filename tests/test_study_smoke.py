@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from rrglib.study import load_spec, run_study
+from study_runner.study import load_spec, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow  # the whole study under papermill: minutes

@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from rrglib.labeler import get_labeler, label_frequency_table, label_report, read_iu_xray_reports
+from data_prep.iu_reports import read_iu_xray_reports
+from rrglib.labeler import get_labeler, label_frequency_table, label_report
 from rrglib.labeler.agreement import format_agreement, iu_agreement, naive_label_reports
 
 

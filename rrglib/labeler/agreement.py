@@ -86,8 +86,8 @@ def naive_label_reports(texts: Iterable[str | None]) -> pd.DataFrame:
 
 def iu_agreement(labelers: dict[str, Callable[[list[str]], pd.DataFrame]], reports: pd.DataFrame,
                  uncertain_positive: bool = True) -> dict[str, pd.DataFrame]:
-    """Agreement tables of each labeler (texts -> labels) on IU reports (``read_iu_xray_reports``
-    columns ``report`` and ``mesh_major``)."""
+    """Agreement tables of each labeler (texts -> labels) on IU reports: columns ``report`` and
+    ``mesh_major`` (``data_prep.iu_reports.read_iu_xray_reports``)."""
     reference = mesh_reference(t.split(";") for t in reports["mesh_major"])
     texts = reports["report"].tolist()
     return {name: agreement_table(label(texts).reset_index(drop=True), reference,

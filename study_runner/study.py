@@ -1,8 +1,8 @@
 """Study runner: a study spec -> its notebooks executed in order with papermill -> a manifest.
 
-    python -m rrglib.study run configs/study_demo.yaml [--dry-run] [-p key=value ...]
+    python -m study_runner run configs/study_demo.yaml [--dry-run] [-p key=value ...]
         [--only RUN ...] [--force [NAME ...]]
-    python -m rrglib.study status configs/study_demo.yaml [-p key=value ...]
+    python -m study_runner status configs/study_demo.yaml [-p key=value ...]
 
 A spec (configs/study_*.yaml) names the study, its `parameters` (`-p` wins), the notebooks to run
 `before` the runs, for each run (`per_run`; `first_seed_only` ones for an arm's first seed) and
@@ -41,7 +41,7 @@ import yaml
 
 from rrglib import provenance
 from rrglib.config import apply_overrides
-from rrglib.export import export_html, relative_paths
+from study_runner.export import export_html, relative_paths
 
 STANDARD_PARAMETERS = (
     "study_name", "study_dir", "work_dir", "run_name", "run_dir", "run_work_dir", "config",
@@ -521,6 +521,26 @@ def provenance_warnings(manifest: Manifest) -> list[str]:
     return out
 
 
+def study_provenance(study_dir: str | Path) -> tuple[Any, list[str]]:
+    """(finished steps per commit, environment and threads as a DataFrame, manifest warnings)."""
+    import pandas as pd
+
+    manifest = Manifest.load(Path(study_dir) / "manifest.json")
+    envs = manifest.data.get("environments", {})
+    rows = []
+    for rec in (r for r in manifest.steps.values() if r.get("status") == "done"):
+        env, git = envs.get(rec.get("environment"), {}), rec.get("git") or {}
+        rows.append({"commit": str(git.get("commit"))[:10], "dirty": git.get("dirty"),
+                     "cpu": (env.get("cpu") or {}).get("model"),
+                     "torch cpu capability": (env.get("torch_build") or {}).get("cpu_capability"),
+                     "torch": (env.get("packages") or {}).get("torch"),
+                     "threads": rec.get("threads")})
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.value_counts(dropna=False).rename("steps").reset_index()
+    return table, provenance_warnings(manifest)
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -743,7 +763,7 @@ def status_table(spec: StudySpec) -> str:
 # -- CLI -----------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns the exit status."""
-    ap = argparse.ArgumentParser(prog="python -m rrglib.study", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m study_runner", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="execute the study's stale notebooks")
     status = sub.add_parser("status", help="show each step's status and times")

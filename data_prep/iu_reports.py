@@ -1,8 +1,9 @@
 """The IU X-Ray (OpenI) report archive ``NLMCXR_reports.tgz`` (shipped by torchxrayvision):
 the one parser of its XML. Each report gives its id (``CXR1``), sections, the MeSH major and
 automatic tags the NLM indexers wrote (``Opacity/lung/base/left``) and the ids of its images.
-Callers compose the text they need (the labeler reads findings + impression). Multi-valued fields
-are ";"-joined strings so the table stays flat.
+Callers compose the text they need: `data_prep.iu_xray` trains on findings (else impression), the
+labeler reads findings + impression (`read_iu_xray_reports`). Multi-valued fields are ";"-joined
+strings so the table stays flat.
 """
 
 from __future__ import annotations
@@ -21,16 +22,22 @@ COLUMNS = ("id", "comparison", "indication", "findings", "impression", "mesh_maj
            "mesh_automatic", "image_ids")
 
 
-def reports_path() -> Path:
-    """Path of ``NLMCXR_reports.tgz`` inside the installed torchxrayvision package."""
+def torchxrayvision_data(name: str) -> Path | None:
+    """Path of a data file shipped inside the installed torchxrayvision package, or None."""
     spec = importlib.util.find_spec("torchxrayvision")
     if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / name
+    return path if path.is_file() else None
+
+
+def reports_path() -> Path:
+    """Path of ``NLMCXR_reports.tgz`` inside the installed torchxrayvision package."""
+    path = torchxrayvision_data("NLMCXR_reports.tgz")
+    if path is None:
         raise FileNotFoundError(
-            "NLMCXR_reports.tgz not found: torchxrayvision is not installed; "
-            "pip install torchxrayvision==1.5.7 (it ships the file) or pass the archive's path.")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "NLMCXR_reports.tgz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; reinstall torchxrayvision==1.5.7")
+            "NLMCXR_reports.tgz not found: install torchxrayvision==1.5.7 (it ships the file; "
+            "reinstall it if it is installed) or pass the archive's path.")
     return path
 
 
@@ -73,3 +80,11 @@ _cached = lru_cache(maxsize=2)(parse_reports)
 def read_reports(path: str | Path | None = None) -> pd.DataFrame:
     """The parsed archive (default: torchxrayvision's copy); parsed once per path, then copied."""
     return _cached(str(path or reports_path())).copy()
+
+
+def read_iu_xray_reports(path: str | Path | None = None) -> pd.DataFrame:
+    """`read_reports` plus ``report``: findings + impression, the text the labeler reads."""
+    df = read_reports(path)
+    df["report"] = [" ".join(s for s in pair if s)
+                    for pair in zip(df["findings"], df["impression"], strict=True)]
+    return df

@@ -451,6 +451,10 @@ def test_demo_data_is_reused_on_a_second_run(tmp_path):
     assert build_state(data, **options) == "current"  # what 10_data checks: reuse
     assert build_state(data, **dict(options, seed=4)) == "build"
     assert build_state(data, **dict(options, n=13)) == "build"
+    interrupted = tmp_path / "data/interrupted"  # the builder's marker, no meta yet: ours, rebuilt
+    interrupted.mkdir()
+    (interrupted / ".synthcxr").write_text("")
+    assert build_state(interrupted, **options) == "build"
 
 
 def test_notebook_defaults_are_the_demo_profile():

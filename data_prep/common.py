@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from rrglib.data import META_NAME, REQUIRED_COLUMNS, SPLITS
+from rrglib.labeler import label_reports
 from rrglib.labels import CHEXPERT_OBSERVATIONS
 
 LOCK_NAME = ".build.lock"
@@ -230,8 +231,6 @@ def attach_labels(df: pd.DataFrame, text_columns: Sequence[str] = ("findings", "
     """Add the 14 label columns from our rule-based labeler run on the given text columns."""
     if not overwrite and all(c in df.columns for c in CHEXPERT_OBSERVATIONS):
         return df
-    from rrglib.labeler import label_reports  # imported late: only builders need it
-
     texts = df[list(text_columns)].fillna("").astype(str).agg(" ".join, axis=1).str.strip()
     labels = label_reports(list(texts))
     return df.assign(**{c: labels[c].to_numpy(dtype=float) for c in CHEXPERT_OBSERVATIONS})
